@@ -1,0 +1,315 @@
+// Package boltstore is the embedded store.Store, on go.etcd.io/bbolt. Every
+// Put is one bbolt transaction, fsynced before it returns.
+package boltstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/fhirgate/fhirgate/internal/store"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Config configures a Store.
+type Config struct {
+	// Dir is the data directory; the database is Dir/fhirgate.db.
+	Dir string
+	// Timeout bounds waiting for the file lock held by another process.
+	Timeout time.Duration
+}
+
+// Store is a store.Store in a bbolt file.
+type Store struct {
+	db *bolt.DB
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Buckets. Keys use 0x00 as a separator; terms containing 0x00 are not
+// indexed (they cannot come from normalised FHIR values).
+var (
+	bCurrent = []byte("current") // type\0id -> cur version (8) + terms
+	bVersion = []byte("version") // type\0id\0ver(8) -> version record
+	bHistory = []byte("history") // type\0updated(8)\0id\0ver(8) -> nil
+	bIndex   = []byte("index")   // type\0param\0value\0id -> nil
+	bLive    = []byte("live")    // type\0id -> nil
+)
+
+// New opens (creating if needed) the database under cfg.Dir.
+func New(ctx context.Context, cfg Config) (*Store, error) {
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("boltstore: %w", err)
+	}
+	t := cfg.Timeout
+	if t == 0 {
+		t = 5 * time.Second
+	}
+	db, err := bolt.Open(filepath.Join(cfg.Dir, "fhirgate.db"), 0o600, &bolt.Options{Timeout: t})
+	if err != nil {
+		return nil, fmt.Errorf("boltstore: open: %w", err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bCurrent, bVersion, bHistory, bIndex, bLive} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("boltstore: init: %w", err)
+	}
+	return &Store{db: db}, nil
+}
+
+func key(parts ...string) []byte {
+	return []byte(strings.Join(parts, "\x00"))
+}
+
+func u64(v uint64) string {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return string(b[:])
+}
+
+func verKey(t, id string, v int64) []byte { return key(t, id, u64(uint64(v))) }
+
+func histKey(t string, updated time.Time, id string, v int64) []byte {
+	return key(t, u64(uint64(updated.UnixNano())), id, u64(uint64(v)))
+}
+
+func termKey(t string, term store.Term, id string) ([]byte, bool) {
+	if strings.ContainsRune(term.Param, 0) || strings.ContainsRune(term.Value, 0) {
+		return nil, false
+	}
+	return key(t, term.Param, term.Value, id), true
+}
+
+// Put implements store.Store.
+func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		cur := tx.Bucket(bCurrent)
+		ck := key(r.Type, r.ID)
+		var curVer int64
+		var oldTerms []store.Term
+		if v := cur.Get(ck); v != nil {
+			curVer = int64(binary.BigEndian.Uint64(v))
+			var err error
+			if oldTerms, err = store.DecodeTerms(v[8:]); err != nil {
+				return err
+			}
+		}
+		if curVer != r.Version-1 {
+			return store.ErrConflict
+		}
+		if opts.IfNoneMatch != nil {
+			ids, err := search(tx, *opts.IfNoneMatch)
+			if err != nil {
+				return err
+			}
+			if len(ids) > 0 {
+				return store.ErrExists
+			}
+		}
+		idx := tx.Bucket(bIndex)
+		for _, t := range oldTerms {
+			if k, ok := termKey(r.Type, t, r.ID); ok {
+				if err := idx.Delete(k); err != nil {
+					return err
+				}
+			}
+		}
+		terms := r.Terms
+		if r.Deleted {
+			terms = nil
+		}
+		for _, t := range terms {
+			if k, ok := termKey(r.Type, t, r.ID); ok {
+				if err := idx.Put(k, nil); err != nil {
+					return err
+				}
+			}
+		}
+		cv := make([]byte, 8, 8+64)
+		binary.BigEndian.PutUint64(cv, uint64(r.Version))
+		cv = append(cv, store.EncodeTerms(terms)...)
+		if err := cur.Put(ck, cv); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bVersion).Put(verKey(r.Type, r.ID, r.Version), store.EncodeVersion(r)); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bHistory).Put(histKey(r.Type, r.Updated, r.ID, r.Version), nil); err != nil {
+			return err
+		}
+		live := tx.Bucket(bLive)
+		if r.Deleted {
+			return live.Delete(ck)
+		}
+		return live.Put(ck, nil)
+	})
+}
+
+// Get implements store.Store.
+func (s *Store) Get(ctx context.Context, k store.Key) (store.Record, error) {
+	var rec store.Record
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bCurrent).Get(key(k.Type, k.ID))
+		if v == nil {
+			return store.ErrNotFound
+		}
+		var err error
+		rec, err = getVersion(tx, k, int64(binary.BigEndian.Uint64(v)))
+		if err != nil {
+			return err
+		}
+		rec.Terms, err = store.DecodeTerms(v[8:])
+		return err
+	})
+	return rec, err
+}
+
+func getVersion(tx *bolt.Tx, k store.Key, v int64) (store.Record, error) {
+	rec := store.Record{Type: k.Type, ID: k.ID, Version: v}
+	b := tx.Bucket(bVersion).Get(verKey(k.Type, k.ID, v))
+	if b == nil {
+		return rec, store.ErrNotFound
+	}
+	return rec, store.DecodeVersion(b, &rec)
+}
+
+// GetVersion implements store.Store.
+func (s *Store) GetVersion(ctx context.Context, k store.Key, v int64) (store.Record, error) {
+	var rec store.Record
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		rec, err = getVersion(tx, k, v)
+		return err
+	})
+	return rec, err
+}
+
+// History implements store.Store.
+func (s *Store) History(ctx context.Context, q store.HistoryQuery) ([]store.Record, int, error) {
+	var out []store.Record
+	total := 0
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if q.ID != "" {
+			v := tx.Bucket(bCurrent).Get(key(q.Type, q.ID))
+			if v == nil {
+				return store.ErrNotFound
+			}
+			for ver := int64(binary.BigEndian.Uint64(v)); ver >= 1; ver-- {
+				rec, err := getVersion(tx, store.Key{Type: q.Type, ID: q.ID}, ver)
+				if err != nil {
+					return err
+				}
+				if rec.Updated.Before(q.Since) {
+					break
+				}
+				total++
+				if total > q.Offset && (q.Count == 0 || len(out) < q.Count) {
+					out = append(out, rec)
+				}
+			}
+			return nil
+		}
+		prefix := key(q.Type, "")
+		c := tx.Bucket(bHistory).Cursor()
+		// Seek past the last key with this prefix, then walk backwards.
+		end := append(bytes.Clone(prefix[:len(prefix)-1]), 1)
+		k, _ := c.Seek(end)
+		if k == nil {
+			k, _ = c.Last()
+		} else {
+			k, _ = c.Prev()
+		}
+		for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Prev() {
+			// updated(8) \0 id \0 ver(8)
+			b := k[len(prefix):]
+			if len(b) < 8+1+1+8 {
+				return errors.New("boltstore: corrupt history key")
+			}
+			updated := time.Unix(0, int64(binary.BigEndian.Uint64(b[:8])))
+			if updated.Before(q.Since) {
+				break
+			}
+			total++
+			if total <= q.Offset || (q.Count > 0 && len(out) >= q.Count) {
+				continue
+			}
+			rest := b[9:]
+			id := string(rest[:len(rest)-9])
+			ver := int64(binary.BigEndian.Uint64(rest[len(rest)-8:]))
+			rec, err := getVersion(tx, store.Key{Type: q.Type, ID: id}, ver)
+			if err != nil {
+				return err
+			}
+			out = append(out, rec)
+		}
+		return nil
+	})
+	return out, total, err
+}
+
+// Search implements store.Store.
+func (s *Store) Search(ctx context.Context, q store.Query) ([]string, error) {
+	var ids []string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		ids, err = search(tx, q)
+		return err
+	})
+	return ids, err
+}
+
+func search(tx *bolt.Tx, q store.Query) ([]string, error) {
+	var out []string
+	if len(q.All) == 0 {
+		prefix := key(q.Type, "")
+		c := tx.Bucket(bLive).Cursor()
+		for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			out = append(out, string(k[len(prefix):]))
+		}
+		return out, nil
+	}
+	var sets []map[string]bool
+	c := tx.Bucket(bIndex).Cursor()
+	for _, clause := range q.All {
+		set := map[string]bool{}
+		for _, m := range clause {
+			prefix := key(q.Type, m.Param, m.Value)
+			if !m.Prefix {
+				prefix = append(prefix, 0)
+			}
+			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+				i := bytes.LastIndexByte(k, 0)
+				set[string(k[i+1:])] = true
+			}
+		}
+		sets = append(sets, set)
+	}
+	out = store.Intersect(sets)
+	sort.Strings(out)
+	return out, nil
+}
+
+// Ping implements store.Store.
+func (s *Store) Ping(ctx context.Context) error {
+	return s.db.View(func(tx *bolt.Tx) error { return nil })
+}
+
+// Close implements store.Store.
+func (s *Store) Close() error { return s.db.Close() }

@@ -1,0 +1,83 @@
+-- put.lua: write one resource version atomically.
+-- KEYS[1] resource hash   {T}:r:<id>   fields: cur, t (terms), v:<n>
+-- KEYS[2] type history    {T}:h        zset score=updated ms, member=<id>/<n>
+-- KEYS[3] live ids        {T}:ids      set
+-- ARGV[1] key prefix "fg:{T}:" (every key this script builds shares the slot)
+-- ARGV[2] expected current version ("0" = must not exist)
+-- ARGV[3] new version
+-- ARGV[4] encoded version value
+-- ARGV[5] encoded terms of the new version
+-- ARGV[6] history score
+-- ARGV[7] id
+-- ARGV[8] deleted ("1"/"0")
+-- ARGV[9] JSON: {old:[[param,value,ordered]...], new:[...], guard:[[[param,value,prefix]...]...] or null}
+local cur = redis.call('HGET', KEYS[1], 'cur') or '0'
+if cur ~= ARGV[2] then
+  return 'conflict'
+end
+local p = ARGV[1]
+local id = ARGV[7]
+local spec = cjson.decode(ARGV[9])
+
+local function lookup(m)
+  local ids = {}
+  if m[3] then
+    local key = p .. 'o:' .. m[1]
+    local lo = '[' .. m[2]
+    local hi = '[' .. m[2] .. '\255'
+    for _, member in ipairs(redis.call('ZRANGEBYLEX', key, lo, hi)) do
+      local i = string.find(member, '\0', 1, true)
+      if i then ids[string.sub(member, i + 1)] = true end
+    end
+  else
+    for _, x in ipairs(redis.call('SMEMBERS', p .. 'x:' .. m[1] .. ':' .. m[2])) do
+      ids[x] = true
+    end
+  end
+  return ids
+end
+
+if spec.guard ~= cjson.null and spec.guard ~= nil then
+  if #spec.guard == 0 then
+    if redis.call('SCARD', KEYS[3]) > 0 then return 'exists' end
+  else
+    local acc = nil
+    for _, clause in ipairs(spec.guard) do
+      local set = {}
+      for _, m in ipairs(clause) do
+        for x in pairs(lookup(m)) do set[x] = true end
+      end
+      if acc == nil then
+        acc = set
+      else
+        local n = {}
+        for x in pairs(acc) do if set[x] then n[x] = true end end
+        acc = n
+      end
+    end
+    if acc ~= nil and next(acc) ~= nil then return 'exists' end
+  end
+end
+
+for _, t in ipairs(spec.old) do
+  if t[3] then
+    redis.call('ZREM', p .. 'o:' .. t[1], t[2] .. '\0' .. id)
+  else
+    redis.call('SREM', p .. 'x:' .. t[1] .. ':' .. t[2], id)
+  end
+end
+for _, t in ipairs(spec.new) do
+  if t[3] then
+    redis.call('ZADD', p .. 'o:' .. t[1], 0, t[2] .. '\0' .. id)
+  else
+    redis.call('SADD', p .. 'x:' .. t[1] .. ':' .. t[2], id)
+  end
+end
+redis.call('HSET', KEYS[1], 'cur', ARGV[3], 't', ARGV[5], 'v:' .. ARGV[3], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[6], id .. '/' .. ARGV[3])
+if ARGV[8] == '1' then
+  redis.call('SREM', KEYS[3], id)
+else
+  redis.call('SADD', KEYS[3], id)
+end
+return 'ok'

@@ -1,0 +1,324 @@
+// Package redisstore is a store.Store on Redis (standalone or Cluster,
+// through go-redis's UniversalClient).
+//
+// Key layout, for resource type T (every key of a type shares the hash tag
+// {T}, so a version, its history entry and its index entries are written
+// by one Lua script in one slot):
+//
+//	fg:{T}:r:<id>            hash: cur -> current version, t -> its terms, v:<n> -> version n
+//	fg:{T}:h                 zset: <id>/<n> scored by update time (ms): type history
+//	fg:{T}:ids               set: live ids
+//	fg:{T}:x:<param>:<value> set: ids whose current version has that exact term
+//	fg:{T}:o:<param>         zset (all scores 0): "<value>\x00<id>" for prefix lookup
+//
+// The cost of one slot per type is that a type cannot be spread over
+// Cluster nodes; see docs in README.
+package redisstore
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fhirgate/fhirgate/internal/store"
+	"github.com/redis/go-redis/v9"
+)
+
+//go:embed put.lua
+var putLua string
+
+var putScript = redis.NewScript(putLua)
+
+// Config configures a Store.
+type Config struct {
+	// URL is a redis:// or rediss:// URL. Addrs, if set, are Cluster seed
+	// nodes used instead.
+	URL   string
+	Addrs []string
+	// Prefix namespaces every key (default "fg").
+	Prefix string
+	Logger *slog.Logger
+}
+
+// Store is a store.Store on Redis.
+type Store struct {
+	rdb    redis.UniversalClient
+	prefix string
+}
+
+var _ store.Store = (*Store)(nil)
+
+// New connects to Redis, checks it answers, and warns when append-only
+// persistence is off (a crash would then lose acknowledged writes).
+func New(ctx context.Context, cfg Config) (*Store, error) {
+	opts := &redis.UniversalOptions{Addrs: cfg.Addrs}
+	if cfg.URL != "" {
+		o, err := redis.ParseURL(cfg.URL)
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: url: %w", err)
+		}
+		opts = &redis.UniversalOptions{
+			Addrs: []string{o.Addr}, Username: o.Username, Password: o.Password,
+			DB: o.DB, TLSConfig: o.TLSConfig,
+		}
+	}
+	opts.PoolSize = 64
+	rdb := redis.NewUniversalClient(opts)
+	s := &Store{rdb: rdb, prefix: cfg.Prefix}
+	if s.prefix == "" {
+		s.prefix = "fg"
+	}
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("redisstore: ping: %w", err)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if aof, err := rdb.ConfigGet(ctx, "appendonly").Result(); err == nil && aof["appendonly"] != "yes" {
+		log.WarnContext(ctx, "REDIS PERSISTENCE IS OFF: appendonly is not enabled, so a Redis crash loses acknowledged writes; set 'appendonly yes' (and appendfsync everysec or always)")
+	}
+	return s, nil
+}
+
+func (s *Store) tp(t string) string { return s.prefix + ":{" + t + "}:" }
+
+func (s *Store) resKey(t, id string) string { return s.tp(t) + "r:" + id }
+
+// Put implements store.Store.
+func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) error {
+	rk := s.resKey(r.Type, r.ID)
+	vals, err := s.rdb.HMGet(ctx, rk, "cur", "t").Result()
+	if err != nil {
+		return fmt.Errorf("redisstore: read current: %w", err)
+	}
+	cur := "0"
+	var old []store.Term
+	if c, ok := vals[0].(string); ok {
+		cur = c
+		if t, ok := vals[1].(string); ok {
+			if old, err = store.DecodeTerms([]byte(t)); err != nil {
+				return err
+			}
+		}
+	}
+	if cur != strconv.FormatInt(r.Version-1, 10) {
+		return store.ErrConflict
+	}
+	terms := r.Terms
+	if r.Deleted {
+		terms = nil
+	}
+	spec := struct {
+		Old   [][3]any   `json:"old"`
+		New   [][3]any   `json:"new"`
+		Guard [][][3]any `json:"guard"`
+	}{Old: [][3]any{}, New: [][3]any{}}
+	for _, t := range old {
+		spec.Old = append(spec.Old, [3]any{t.Param, t.Value, t.Ordered})
+	}
+	for _, t := range terms {
+		spec.New = append(spec.New, [3]any{t.Param, t.Value, t.Ordered})
+	}
+	if g := opts.IfNoneMatch; g != nil {
+		spec.Guard = [][][3]any{}
+		for _, clause := range g.All {
+			var c [][3]any
+			for _, m := range clause {
+				c = append(c, [3]any{m.Param, m.Value, m.Prefix})
+			}
+			spec.Guard = append(spec.Guard, c)
+		}
+	}
+	sj, err := json.Marshal(spec)
+	if err != nil {
+		return err
+	}
+	deleted := "0"
+	if r.Deleted {
+		deleted = "1"
+	}
+	res, err := putScript.Run(ctx, s.rdb,
+		[]string{rk, s.tp(r.Type) + "h", s.tp(r.Type) + "ids"},
+		s.tp(r.Type), cur, r.Version, store.EncodeVersion(r), store.EncodeTerms(terms),
+		r.Updated.UnixMilli(), r.ID, deleted, sj,
+	).Text()
+	if err != nil {
+		return fmt.Errorf("redisstore: put: %w", err)
+	}
+	switch res {
+	case "ok":
+		return nil
+	case "conflict":
+		return store.ErrConflict
+	case "exists":
+		return store.ErrExists
+	}
+	return fmt.Errorf("redisstore: put: unexpected reply %q", res)
+}
+
+// Get implements store.Store.
+func (s *Store) Get(ctx context.Context, k store.Key) (store.Record, error) {
+	rk := s.resKey(k.Type, k.ID)
+	vals, err := s.rdb.HMGet(ctx, rk, "cur", "t").Result()
+	if err != nil {
+		return store.Record{}, fmt.Errorf("redisstore: get: %w", err)
+	}
+	c, ok := vals[0].(string)
+	if !ok {
+		return store.Record{}, store.ErrNotFound
+	}
+	// The version value is read in a second step; a concurrent writer can
+	// only add versions, so version c is still there.
+	v, _ := strconv.ParseInt(c, 10, 64)
+	rec, err := s.GetVersion(ctx, k, v)
+	if err != nil {
+		return rec, err
+	}
+	if t, ok := vals[1].(string); ok {
+		rec.Terms, err = store.DecodeTerms([]byte(t))
+	}
+	return rec, err
+}
+
+// GetVersion implements store.Store.
+func (s *Store) GetVersion(ctx context.Context, k store.Key, v int64) (store.Record, error) {
+	rec := store.Record{Type: k.Type, ID: k.ID, Version: v}
+	b, err := s.rdb.HGet(ctx, s.resKey(k.Type, k.ID), "v:"+strconv.FormatInt(v, 10)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return rec, store.ErrNotFound
+	}
+	if err != nil {
+		return rec, fmt.Errorf("redisstore: get version: %w", err)
+	}
+	return rec, store.DecodeVersion(b, &rec)
+}
+
+// History implements store.Store.
+func (s *Store) History(ctx context.Context, q store.HistoryQuery) ([]store.Record, int, error) {
+	if q.ID != "" {
+		rec, err := s.Get(ctx, store.Key{Type: q.Type, ID: q.ID})
+		if err != nil {
+			return nil, 0, err
+		}
+		var out []store.Record
+		total := 0
+		for v := rec.Version; v >= 1; v-- {
+			r, err := s.GetVersion(ctx, rec.Key(), v)
+			if err != nil {
+				return nil, 0, err
+			}
+			if r.Updated.Before(q.Since) {
+				break
+			}
+			total++
+			if total > q.Offset && (q.Count == 0 || len(out) < q.Count) {
+				out = append(out, r)
+			}
+		}
+		return out, total, nil
+	}
+	hk := s.tp(q.Type) + "h"
+	min := "-inf"
+	if !q.Since.IsZero() {
+		min = strconv.FormatInt(q.Since.UnixMilli(), 10)
+	}
+	total, err := s.rdb.ZCount(ctx, hk, min, "+inf").Result()
+	if err != nil {
+		return nil, 0, fmt.Errorf("redisstore: history: %w", err)
+	}
+	count := int64(q.Count)
+	if count == 0 {
+		count = math.MaxInt32
+	}
+	members, err := s.rdb.ZRevRangeByScore(ctx, hk, &redis.ZRangeBy{Min: min, Max: "+inf", Offset: int64(q.Offset), Count: count}).Result()
+	if err != nil {
+		return nil, 0, fmt.Errorf("redisstore: history: %w", err)
+	}
+	out := make([]store.Record, 0, len(members))
+	for _, m := range members {
+		i := strings.LastIndexByte(m, '/')
+		v, _ := strconv.ParseInt(m[i+1:], 10, 64)
+		r, err := s.GetVersion(ctx, store.Key{Type: q.Type, ID: m[:i]}, v)
+		if err != nil {
+			return nil, 0, err
+		}
+		if r.Updated.Before(q.Since) {
+			total--
+			continue
+		}
+		out = append(out, r)
+	}
+	// Versions updated within the same millisecond: order newest first.
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Updated.After(out[j].Updated) })
+	return out, int(total), nil
+}
+
+// Search implements store.Store.
+func (s *Store) Search(ctx context.Context, q store.Query) ([]string, error) {
+	p := s.tp(q.Type)
+	if len(q.All) == 0 {
+		ids, err := s.rdb.SMembers(ctx, p+"ids").Result()
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: search: %w", err)
+		}
+		sort.Strings(ids)
+		return ids, nil
+	}
+	pipe := s.rdb.Pipeline()
+	type pending struct {
+		clause int
+		set    *redis.StringSliceCmd
+		prefix bool
+	}
+	var cmds []pending
+	for ci, clause := range q.All {
+		for _, m := range clause {
+			if m.Prefix {
+				cmds = append(cmds, pending{ci, pipe.ZRangeByLex(ctx, p+"o:"+m.Param, &redis.ZRangeBy{Min: "[" + m.Value, Max: "[" + m.Value + "\xff"}), true})
+			} else {
+				cmds = append(cmds, pending{ci, pipe.SMembers(ctx, p+"x:"+m.Param+":"+m.Value), false})
+			}
+		}
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("redisstore: search: %w", err)
+	}
+	sets := make([]map[string]bool, len(q.All))
+	for i := range sets {
+		sets[i] = map[string]bool{}
+	}
+	for _, c := range cmds {
+		for _, v := range c.set.Val() {
+			if c.prefix {
+				if i := strings.IndexByte(v, 0); i >= 0 {
+					v = v[i+1:]
+				}
+			}
+			sets[c.clause][v] = true
+		}
+	}
+	ids := store.Intersect(sets)
+	sort.Strings(ids)
+	return ids, nil
+}
+
+// Ping implements store.Store.
+func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
+
+// Close implements store.Store.
+func (s *Store) Close() error { return s.rdb.Close() }
+
+// Client returns the underlying client (for tests and operational tools).
+func (s *Store) Client() redis.UniversalClient { return s.rdb }
+
+var _ = time.Second

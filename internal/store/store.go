@@ -1,0 +1,104 @@
+// Package store defines the versioned resource store the gateway writes
+// through, and the contract its backends (boltstore, redisstore) share.
+//
+// A Record is opaque to the store: Body is bytes to keep and return, and
+// Terms are search-index entries it looks up by exact value or by prefix.
+// Encrypting bodies and hashing terms can therefore wrap a Store without
+// changing this interface.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Sentinel errors callers branch on.
+var (
+	// ErrNotFound: no such resource or version.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: the resource's current version is not the one the write
+	// expected (another writer won).
+	ErrConflict = errors.New("version conflict")
+	// ErrExists: a conditional create found a matching resource.
+	ErrExists = fmt.Errorf("condition matched: %w", ErrConflict)
+)
+
+// Key names a resource.
+type Key struct{ Type, ID string }
+
+func (k Key) String() string { return k.Type + "/" + k.ID }
+
+// Term is one search-index entry of a resource version: Param and Value are
+// looked up exactly, or Value by prefix when Ordered.
+type Term struct {
+	Param   string
+	Value   string
+	Ordered bool
+}
+
+// Record is one stored version of a resource.
+type Record struct {
+	Type, ID string
+	Version  int64
+	Updated  time.Time
+	Deleted  bool   // a delete tombstone; Body is nil
+	Body     []byte // the resource as served
+	// Terms index the version while it is current; a tombstone has none.
+	Terms []Term
+}
+
+// Key returns the record's key.
+func (r Record) Key() Key { return Key{r.Type, r.ID} }
+
+// Match is one index lookup: exact on Value, or Value as a prefix.
+type Match struct {
+	Param, Value string
+	Prefix       bool
+}
+
+// Query finds live (not deleted) resources of Type whose current version
+// has, for every clause of All, at least one of the clause's terms. An
+// empty All matches every live resource of the type.
+type Query struct {
+	Type string
+	All  [][]Match
+}
+
+// PutOptions are conditions checked atomically with a write.
+type PutOptions struct {
+	// IfNoneMatch, if set, makes Put fail with ErrExists when any live
+	// resource matches it.
+	IfNoneMatch *Query
+}
+
+// HistoryQuery selects versions newest first: of one resource when ID is
+// set, else of every resource of Type.
+type HistoryQuery struct {
+	Type, ID string
+	Since    time.Time // only versions updated at or after Since
+	Offset   int
+	Count    int // at most this many; 0 means no limit
+}
+
+// Store is a versioned resource store. Implementations MUST commit a
+// version, its history entry and its index entries atomically, and MUST be
+// durable when Put returns.
+type Store interface {
+	// Put stores r as version r.Version of r.Key(). It fails with
+	// ErrConflict unless the current version is r.Version-1 (0: the
+	// resource does not exist).
+	Put(ctx context.Context, r Record, opts PutOptions) error
+	// Get returns the current version, which may be a tombstone.
+	Get(ctx context.Context, k Key) (Record, error)
+	// GetVersion returns version v.
+	GetVersion(ctx context.Context, k Key, v int64) (Record, error)
+	// History returns versions newest first, and how many match in total.
+	History(ctx context.Context, q HistoryQuery) ([]Record, int, error)
+	// Search returns the sorted ids of the live resources matching q.
+	Search(ctx context.Context, q Query) ([]string, error)
+	// Ping reports whether the store is reachable.
+	Ping(ctx context.Context) error
+	Close() error
+}
