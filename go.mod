@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/google/fhir/go v0.7.4
 	github.com/google/go-cmp v0.7.0
+	github.com/gorilla/mux v1.8.1
 	github.com/redis/go-redis/v9 v9.23.0
 	go.etcd.io/bbolt v1.5.0
 	golang.org/x/net v0.62.0

@@ -1,0 +1,54 @@
+// Command fhirgate is the fhirgate FHIR R4 gateway.
+//
+//	fhirgate serve       serve the FHIR REST API
+//	fhirgate healthcheck probe a running server's /healthz (for containers)
+//	fhirgate conformance run the black-box conformance suite against a base URL
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+)
+
+var version = "dev"
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	ctx := context.Background()
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = serve(ctx, os.Args[2:])
+	case "healthcheck":
+		err = healthcheck(ctx, os.Args[2:])
+	case "conformance":
+		err = conformanceCmd(ctx, os.Args[2:])
+	case "version":
+		fmt.Println(version)
+	case "-h", "--help", "help":
+		usage()
+	default:
+		fmt.Fprintf(os.Stderr, "fhirgate: unknown command %q\n", os.Args[1])
+		usage()
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fhirgate:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage: fhirgate <command> [flags]
+
+commands:
+  serve        serve the FHIR R4 REST API (fhirgate serve -h for flags)
+  healthcheck  exit 0 when the server at --url answers /healthz
+  conformance  run the conformance suites against --base-url
+  version      print the version
+`)
+}

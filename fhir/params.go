@@ -1,0 +1,313 @@
+package fhir
+
+import "sort"
+
+// ParamType is a search parameter type (R4 search.html).
+type ParamType string
+
+// The parameter types the server implements.
+const (
+	TypeToken     ParamType = "token"
+	TypeString    ParamType = "string"
+	TypeDate      ParamType = "date"
+	TypeReference ParamType = "reference"
+	TypeQuantity  ParamType = "quantity"
+	TypeNumber    ParamType = "number"
+	TypeURI       ParamType = "uri"
+)
+
+// SearchParam defines one search parameter of a resource type.
+//
+// Paths are simple element paths from the resource root: elements joined by
+// dots; an element of a choice type is named without [x] ("effective"
+// matches effectiveDateTime and effectivePeriod); "telecom[system=phone]"
+// keeps only elements whose member has that value; "subject@Patient" keeps
+// only references to that type.
+type SearchParam struct {
+	Name        string
+	Type        ParamType
+	Paths       []string
+	Description string
+	// CodeSystem is the system implied for plain `code` values (R4 binds
+	// them to one code system), so `system|code` searches match them.
+	CodeSystem string
+}
+
+func coded(sp *SearchParam, system string) *SearchParam {
+	sp.CodeSystem = system
+	return sp
+}
+
+// Params maps a resource type to its search parameters by name.
+type Params map[string]map[string]*SearchParam
+
+func p(name string, t ParamType, desc string, paths ...string) *SearchParam {
+	return &SearchParam{Name: name, Type: t, Paths: paths, Description: desc}
+}
+
+var nameParams = func(prefix string) []*SearchParam {
+	return []*SearchParam{
+		p("name", TypeString, "A portion of any part of the name", "name"),
+		p("family", TypeString, "A portion of the family name", "name.family"),
+		p("given", TypeString, "A portion of a given name", "name.given"),
+		p("phonetic", TypeString, "A portion of the name (phonetic match is not implemented; same as name)", "name"),
+		p("address", TypeString, "A portion of any part of the address", "address"),
+		p("address-city", TypeString, "A city specified in an address", "address.city"),
+		p("address-country", TypeString, "A country specified in an address", "address.country"),
+		p("address-postalcode", TypeString, "A postal code specified in an address", "address.postalCode"),
+		p("address-state", TypeString, "A state specified in an address", "address.state"),
+		coded(p("address-use", TypeToken, "A use code specified in an address", "address.use"), "http://hl7.org/fhir/address-use"),
+		p("email", TypeToken, "A value in an email contact", "telecom[system=email]"),
+		p("phone", TypeToken, "A value in a phone contact", "telecom[system=phone]"),
+		p("telecom", TypeToken, "The value in any kind of telecom details", "telecom"),
+		coded(p("gender", TypeToken, "Gender of the "+prefix, "gender"), "http://hl7.org/fhir/administrative-gender"),
+		p("identifier", TypeToken, "An identifier of the "+prefix, "identifier"),
+		p("active", TypeToken, "Whether the "+prefix+" record is active", "active"),
+	}
+}
+
+func fullParams() map[string][]*SearchParam {
+	patient := append(nameParams("patient"),
+		p("birthdate", TypeDate, "The patient's date of birth", "birthDate"),
+		p("death-date", TypeDate, "The date of death", "deceased"),
+		p("deceased", TypeToken, "Whether the patient is deceased", "deceased"),
+		p("general-practitioner", TypeReference, "Patient's nominated general practitioner", "generalPractitioner"),
+		p("language", TypeToken, "Language code", "communication.language"),
+		p("link", TypeReference, "All patients linked to the given patient", "link.other"),
+		p("organization", TypeReference, "The organization that is the custodian of the patient record", "managingOrganization"),
+	)
+	practitioner := append(nameParams("practitioner"),
+		p("communication", TypeToken, "One of the languages the practitioner can communicate with", "communication"),
+	)
+	return map[string][]*SearchParam{
+		"Patient":      patient,
+		"Practitioner": practitioner,
+		"Appointment": {
+			p("actor", TypeReference, "Any one of the individuals participating in the appointment", "participant.actor"),
+			p("appointment-type", TypeToken, "The style of appointment or patient that has been booked in the slot", "appointmentType"),
+			p("based-on", TypeReference, "The service request this appointment is allocated to assess", "basedOn"),
+			p("date", TypeDate, "Appointment date/time", "start"),
+			p("identifier", TypeToken, "An Identifier of the Appointment", "identifier"),
+			p("location", TypeReference, "This location is listed in the participants of the appointment", "participant.actor@Location"),
+			coded(p("part-status", TypeToken, "The participation status of the subject", "participant.status"), "http://hl7.org/fhir/participationstatus"),
+			p("patient", TypeReference, "One of the individuals of the appointment is this patient", "participant.actor@Patient"),
+			p("practitioner", TypeReference, "One of the individuals of the appointment is this practitioner", "participant.actor@Practitioner"),
+			p("reason-code", TypeToken, "Coded reason this appointment is scheduled", "reasonCode"),
+			p("reason-reference", TypeReference, "Reason the appointment is to take place (resource)", "reasonReference"),
+			p("service-category", TypeToken, "A broad categorization of the service", "serviceCategory"),
+			p("service-type", TypeToken, "The specific service that is to be performed", "serviceType"),
+			p("slot", TypeReference, "The slots that this appointment is filling", "slot"),
+			p("specialty", TypeToken, "The specialty of a practitioner", "specialty"),
+			coded(p("status", TypeToken, "The overall status of the appointment", "status"), "http://hl7.org/fhir/appointmentstatus"),
+			p("supporting-info", TypeReference, "Additional information to support the appointment", "supportingInformation"),
+		},
+		"Observation": {
+			p("based-on", TypeReference, "Reference to the service request", "basedOn"),
+			p("category", TypeToken, "The classification of the type of observation", "category"),
+			p("code", TypeToken, "The code of the observation type", "code"),
+			p("combo-code", TypeToken, "The code of the observation type or component type", "code", "component.code"),
+			p("combo-data-absent-reason", TypeToken, "The reason why the value is missing (observation or component)", "dataAbsentReason", "component.dataAbsentReason"),
+			p("combo-value-concept", TypeToken, "The value or component value of the observation, if a CodeableConcept", "value", "component.value"),
+			p("combo-value-quantity", TypeQuantity, "The value or component value of the observation, if a Quantity", "value", "component.value"),
+			p("component-code", TypeToken, "The component code of the observation type", "component.code"),
+			p("component-data-absent-reason", TypeToken, "The reason why the component value is missing", "component.dataAbsentReason"),
+			p("component-value-concept", TypeToken, "The value of the component observation, if a CodeableConcept", "component.value"),
+			p("component-value-quantity", TypeQuantity, "The value of the component observation, if a Quantity", "component.value"),
+			p("data-absent-reason", TypeToken, "The reason why the expected value is missing", "dataAbsentReason"),
+			p("date", TypeDate, "Obtained date/time", "effective"),
+			p("derived-from", TypeReference, "Related measurements the observation is made from", "derivedFrom"),
+			p("device", TypeReference, "The device that generated the observation data", "device"),
+			p("encounter", TypeReference, "Encounter related to the observation", "encounter"),
+			p("focus", TypeReference, "The focus of an observation when it is not the patient of record", "focus"),
+			p("has-member", TypeReference, "Related resource that belongs to the Observation group", "hasMember"),
+			p("identifier", TypeToken, "The unique id for a particular observation", "identifier"),
+			p("method", TypeToken, "The method used for the observation", "method"),
+			p("part-of", TypeReference, "Part of referenced event", "partOf"),
+			p("patient", TypeReference, "The subject that the observation is about (if patient)", "subject@Patient"),
+			p("performer", TypeReference, "Who performed the observation", "performer"),
+			p("specimen", TypeReference, "Specimen used for this observation", "specimen"),
+			coded(p("status", TypeToken, "The status of the observation", "status"), "http://hl7.org/fhir/observation-status"),
+			p("subject", TypeReference, "The subject that the observation is about", "subject"),
+			p("value-concept", TypeToken, "The value of the observation, if the value is a CodeableConcept", "value"),
+			p("value-date", TypeDate, "The value of the observation, if the value is a date or period", "value"),
+			p("value-quantity", TypeQuantity, "The value of the observation, if the value is a Quantity, or a SampledData", "value"),
+			p("value-string", TypeString, "The value of the observation, if the value is a string", "value"),
+		},
+		"Consent": {
+			p("action", TypeToken, "Actions controlled by this rule", "provision.action"),
+			p("actor", TypeReference, "Resource for the actor (or group, by role)", "provision.actor.reference"),
+			p("category", TypeToken, "Classification of the consent statement", "category"),
+			p("consentor", TypeReference, "Who is agreeing to the policy and rules", "performer"),
+			p("data", TypeReference, "The actual data reference", "provision.data.reference"),
+			p("date", TypeDate, "When this Consent was created or indexed", "dateTime"),
+			p("identifier", TypeToken, "Identifier for this record (external references)", "identifier"),
+			p("organization", TypeReference, "Custodian of the consent", "organization"),
+			p("patient", TypeReference, "Who the consent applies to", "patient"),
+			p("period", TypeDate, "Timeframe for this rule", "provision.period"),
+			p("purpose", TypeToken, "Context of activities covered by this rule", "provision.purpose"),
+			p("scope", TypeToken, "Which of the four areas this resource covers", "scope"),
+			p("security-label", TypeToken, "Security Labels that define affected resources", "provision.securityLabel"),
+			p("source-reference", TypeReference, "Search by reference to a Consent, DocumentReference, Contract or QuestionnaireResponse", "source"),
+			coded(p("status", TypeToken, "draft | proposed | active | rejected | inactive | entered-in-error", "status"), "http://hl7.org/fhir/consent-state-codes"),
+		},
+		"Encounter": {
+			p("account", TypeReference, "The set of accounts that may be used for billing for this Encounter", "account"),
+			p("appointment", TypeReference, "The appointment that scheduled this encounter", "appointment"),
+			p("based-on", TypeReference, "The ServiceRequest that initiated this encounter", "basedOn"),
+			p("class", TypeToken, "Classification of patient encounter", "class"),
+			p("date", TypeDate, "A date within the period the Encounter lasted", "period"),
+			p("diagnosis", TypeReference, "The diagnosis or procedure relevant to the encounter", "diagnosis.condition"),
+			p("episode-of-care", TypeReference, "Episode(s) of care that this encounter should be recorded against", "episodeOfCare"),
+			p("identifier", TypeToken, "Identifier(s) by which this encounter is known", "identifier"),
+			p("length", TypeQuantity, "Length of encounter in days", "length"),
+			p("location", TypeReference, "Location the encounter takes place", "location.location"),
+			p("location-period", TypeDate, "Time period during which the patient was present at the location", "location.period"),
+			p("part-of", TypeReference, "Another Encounter this encounter is part of", "partOf"),
+			p("participant", TypeReference, "Persons involved in the encounter other than the patient", "participant.individual"),
+			p("participant-type", TypeToken, "Role of participant in encounter", "participant.type"),
+			p("patient", TypeReference, "The patient or group present at the encounter", "subject@Patient"),
+			p("practitioner", TypeReference, "Persons involved in the encounter other than the patient", "participant.individual@Practitioner"),
+			p("reason-code", TypeToken, "Coded reason the encounter takes place", "reasonCode"),
+			p("reason-reference", TypeReference, "Reason the encounter takes place (reference)", "reasonReference"),
+			p("service-provider", TypeReference, "The organization (facility) responsible for this encounter", "serviceProvider"),
+			p("special-arrangement", TypeToken, "Wheelchair, translator, stretcher, etc.", "hospitalization.specialArrangement"),
+			coded(p("status", TypeToken, "planned | arrived | triaged | in-progress | onleave | finished | cancelled +", "status"), "http://hl7.org/fhir/encounter-status"),
+			p("subject", TypeReference, "The patient or group present at the encounter", "subject"),
+			p("type", TypeToken, "Specific type of encounter", "type"),
+		},
+		"AuditEvent": {
+			coded(p("action", TypeToken, "Type of action performed during the event", "action"), "http://hl7.org/fhir/audit-event-action"),
+			p("address", TypeString, "Identifier for the network access point of the user device", "agent.network.address"),
+			p("agent", TypeReference, "Identifier of who", "agent.who"),
+			p("agent-name", TypeString, "Human friendly name for the agent", "agent.name"),
+			p("agent-role", TypeToken, "Agent role in the event", "agent.role"),
+			p("altid", TypeToken, "Alternative User identity", "agent.altId"),
+			p("date", TypeDate, "Time when the event was recorded", "recorded"),
+			p("entity", TypeReference, "Specific instance of resource", "entity.what"),
+			p("entity-name", TypeString, "Descriptor for entity", "entity.name"),
+			p("entity-role", TypeToken, "What role the entity played", "entity.role"),
+			p("entity-type", TypeToken, "Type of entity involved", "entity.type"),
+			coded(p("outcome", TypeToken, "Whether the event succeeded or failed", "outcome"), "http://hl7.org/fhir/audit-event-outcome"),
+			p("patient", TypeReference, "Identifier of who", "agent.who@Patient", "entity.what@Patient"),
+			p("policy", TypeURI, "Policy that authorized event", "agent.policy"),
+			p("site", TypeToken, "Logical source location within the enterprise", "source.site"),
+			p("source", TypeReference, "The identity of source detecting the event", "source.observer"),
+			p("subtype", TypeToken, "More specific type/id for the event", "subtype"),
+			p("type", TypeToken, "Type/identifier of event", "type"),
+		},
+	}
+}
+
+// compartmentParams lists, for every other R4 type that defines them, the
+// paths of its `patient` and `subject` search parameters (R4
+// search-parameters.json).
+var compartmentParams = map[string]struct{ patient, subject []string }{
+	"Account":                     {[]string{"subject@Patient"}, []string{"subject"}},
+	"AdverseEvent":                {nil, []string{"subject"}},
+	"AllergyIntolerance":          {[]string{"patient"}, nil},
+	"AppointmentResponse":         {[]string{"actor@Patient"}, nil},
+	"Basic":                       {[]string{"subject@Patient"}, []string{"subject"}},
+	"BodyStructure":               {[]string{"patient"}, nil},
+	"CarePlan":                    {[]string{"subject@Patient"}, []string{"subject"}},
+	"CareTeam":                    {[]string{"subject@Patient"}, []string{"subject"}},
+	"ChargeItem":                  {[]string{"subject@Patient"}, []string{"subject"}},
+	"Claim":                       {[]string{"patient"}, nil},
+	"ClaimResponse":               {[]string{"patient"}, nil},
+	"ClinicalImpression":          {[]string{"subject@Patient"}, []string{"subject"}},
+	"Communication":               {[]string{"subject@Patient"}, []string{"subject"}},
+	"CommunicationRequest":        {[]string{"subject@Patient"}, []string{"subject"}},
+	"Composition":                 {[]string{"subject@Patient"}, []string{"subject"}},
+	"Condition":                   {[]string{"subject@Patient"}, []string{"subject"}},
+	"Contract":                    {[]string{"subject@Patient"}, []string{"subject"}},
+	"Coverage":                    {[]string{"beneficiary"}, nil},
+	"CoverageEligibilityRequest":  {[]string{"patient"}, nil},
+	"CoverageEligibilityResponse": {[]string{"patient"}, nil},
+	"DetectedIssue":               {[]string{"patient"}, nil},
+	"Device":                      {[]string{"patient"}, nil},
+	"DeviceRequest":               {[]string{"subject@Patient"}, []string{"subject"}},
+	"DeviceUseStatement":          {[]string{"subject"}, []string{"subject"}},
+	"DiagnosticReport":            {[]string{"subject@Patient"}, []string{"subject"}},
+	"DocumentManifest":            {[]string{"subject@Patient"}, []string{"subject"}},
+	"DocumentReference":           {[]string{"subject@Patient"}, []string{"subject"}},
+	"EnrollmentRequest":           {[]string{"candidate"}, []string{"candidate"}},
+	"EpisodeOfCare":               {[]string{"patient"}, nil},
+	"ExplanationOfBenefit":        {[]string{"patient"}, nil},
+	"FamilyMemberHistory":         {[]string{"patient"}, nil},
+	"Flag":                        {[]string{"subject@Patient"}, []string{"subject"}},
+	"Goal":                        {[]string{"subject@Patient"}, []string{"subject"}},
+	"GuidanceResponse":            {[]string{"subject@Patient"}, []string{"subject"}},
+	"ImagingStudy":                {[]string{"subject@Patient"}, []string{"subject"}},
+	"Immunization":                {[]string{"patient"}, nil},
+	"ImmunizationEvaluation":      {[]string{"patient"}, nil},
+	"ImmunizationRecommendation":  {[]string{"patient"}, nil},
+	"Invoice":                     {[]string{"subject@Patient"}, []string{"subject"}},
+	"List":                        {[]string{"subject@Patient"}, []string{"subject"}},
+	"MeasureReport":               {[]string{"subject@Patient"}, []string{"subject"}},
+	"Media":                       {[]string{"subject@Patient"}, []string{"subject"}},
+	"MedicationAdministration":    {[]string{"subject@Patient"}, []string{"subject"}},
+	"MedicationDispense":          {[]string{"subject@Patient"}, []string{"subject"}},
+	"MedicationRequest":           {[]string{"subject@Patient"}, []string{"subject"}},
+	"MedicationStatement":         {[]string{"subject@Patient"}, []string{"subject"}},
+	"MolecularSequence":           {[]string{"patient"}, nil},
+	"NutritionOrder":              {[]string{"patient"}, nil},
+	"Person":                      {[]string{"link.target@Patient"}, nil},
+	"Procedure":                   {[]string{"subject@Patient"}, []string{"subject"}},
+	"Provenance":                  {[]string{"target@Patient"}, nil},
+	"QuestionnaireResponse":       {[]string{"subject@Patient"}, []string{"subject"}},
+	"RelatedPerson":               {[]string{"patient"}, nil},
+	"RequestGroup":                {[]string{"subject@Patient"}, []string{"subject"}},
+	"ResearchSubject":             {[]string{"individual"}, nil},
+	"RiskAssessment":              {[]string{"subject@Patient"}, []string{"subject"}},
+	"ServiceRequest":              {[]string{"subject@Patient"}, []string{"subject"}},
+	"Specimen":                    {[]string{"subject@Patient"}, []string{"subject"}},
+	"SupplyDelivery":              {[]string{"patient"}, nil},
+	"SupplyRequest":               {nil, []string{"deliverTo"}},
+	"Task":                        {[]string{"for@Patient"}, []string{"for"}},
+	"VisionPrescription":          {[]string{"patient"}, nil},
+}
+
+// Common parameters every type has; their values come from the stored
+// record, not from paths.
+const (
+	ParamID          = "_id"
+	ParamLastUpdated = "_lastUpdated"
+)
+
+// DefaultParams returns the registry the server uses: full parameter sets
+// for Patient, Practitioner, Appointment, Observation, Consent, Encounter
+// and AuditEvent; for every other R4 type, `patient` and `subject` where R4
+// defines them. Every type also has _id and _lastUpdated.
+func DefaultParams() Params {
+	out := Params{}
+	for _, t := range ResourceTypes() {
+		m := map[string]*SearchParam{
+			ParamID:          p(ParamID, TypeToken, "Logical id of this artifact", "id"),
+			ParamLastUpdated: p(ParamLastUpdated, TypeDate, "When the resource version last changed", "meta.lastUpdated"),
+		}
+		if cp, ok := compartmentParams[t]; ok {
+			if cp.patient != nil {
+				m["patient"] = p("patient", TypeReference, "Who the resource is about (if a patient)", cp.patient...)
+			}
+			if cp.subject != nil {
+				m["subject"] = p("subject", TypeReference, "Who the resource is about", cp.subject...)
+			}
+		}
+		out[t] = m
+	}
+	for t, ps := range fullParams() {
+		for _, sp := range ps {
+			out[t][sp.Name] = sp
+		}
+	}
+	return out
+}
+
+// Sorted returns the parameters of type t sorted by name.
+func (ps Params) Sorted(t string) []*SearchParam {
+	var out []*SearchParam
+	for _, sp := range ps[t] {
+		out = append(out, sp)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}

@@ -1,0 +1,423 @@
+// Package fhir parses and validates FHIR R4 JSON resources with
+// github.com/google/fhir/go, extracts search-parameter values from them and
+// writes the Bundles and CapabilityStatement the REST API returns.
+//
+// The package does no I/O. Errors it returns are *Error values whose Error
+// method is safe to log (it never contains resource content); the
+// Diagnostics of each Issue may contain PHI and belong only in responses.
+package fhir
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/fhir/go/fhirversion"
+	"github.com/google/fhir/go/jsonformat"
+	"google.golang.org/protobuf/proto"
+)
+
+// Resource is a parsed, validated R4 resource.
+type Resource struct {
+	// Type is the resourceType, e.g. "Patient".
+	Type string
+	// ID is the logical id, or "" when the body had none.
+	ID string
+	// Doc is the resource decoded into generic JSON values (map[string]any,
+	// []any, string, bool, json.Number); numbers keep their exact text.
+	Doc map[string]any
+	// Msg is google/fhir's validated ContainedResource.
+	Msg proto.Message
+	// Warnings are issues that did not stop the resource from being accepted.
+	Warnings []Issue
+
+	fields []field // top-level members in document order, raw
+}
+
+type field struct {
+	name string
+	raw  json.RawMessage
+}
+
+var idPattern = regexp.MustCompile(`^[A-Za-z0-9\-.]{1,64}$`)
+
+// ValidID reports whether s is a valid R4 logical id.
+func ValidID(s string) bool { return idPattern.MatchString(s) }
+
+var (
+	unmarshalOnce sync.Once
+	unmarshaller  *jsonformat.Unmarshaller
+	unmarshalErr  error
+)
+
+func getUnmarshaller() (*jsonformat.Unmarshaller, error) {
+	unmarshalOnce.Do(func() {
+		unmarshaller, unmarshalErr = jsonformat.NewUnmarshaller("UTC", fhirversion.R4)
+		if unmarshaller != nil {
+			unmarshaller.MaxNestingDepth = 64
+		}
+	})
+	return unmarshaller, unmarshalErr
+}
+
+// collector is a google/fhir ErrorReporter that keeps every issue.
+type collector struct{ issues []Issue }
+
+func (c *collector) ReportValidationError(path string, err error) error {
+	p, details := errorFields(err)
+	if path == "" {
+		path = p
+	}
+	is := Issue{Severity: SeverityError, Code: CodeValue, Expression: fhirPath(path), Details: details, Diagnostics: err.Error()}
+	if strings.HasPrefix(details, "invalid reference to a ") {
+		is.Code = CodeInvalid
+		is.refType = true
+	} else if strings.HasPrefix(details, "missing required field") {
+		is.Code = CodeRequired
+	}
+	c.issues = append(c.issues, is)
+	return nil
+}
+
+// errorFields reads Path and Details, which google/fhir documents as free of
+// PHI, from its (internal) UnmarshalError type.
+func errorFields(err error) (path, details string) {
+	v := reflect.ValueOf(err)
+	if v.Kind() == reflect.Slice && v.Len() > 0 {
+		v = v.Index(0)
+	}
+	if v.Kind() == reflect.Pointer && !v.IsNil() {
+		v = v.Elem()
+	}
+	if v.Kind() != reflect.Struct {
+		return "", "invalid resource"
+	}
+	if f := v.FieldByName("Path"); f.IsValid() && f.Kind() == reflect.String {
+		path = f.String()
+	}
+	if f := v.FieldByName("Details"); f.IsValid() && f.Kind() == reflect.String {
+		details = f.String()
+	}
+	return path, details
+}
+
+// issuesFromError turns an error google/fhir returned (rather than
+// reported) into issues.
+func issuesFromError(err error) []Issue {
+	var out []Issue
+	v := reflect.ValueOf(err)
+	if v.Kind() == reflect.Slice {
+		for i := 0; i < v.Len(); i++ {
+			if e, ok := v.Index(i).Interface().(error); ok {
+				out = append(out, issuesFromError(e)...)
+			}
+		}
+		return out
+	}
+	path, details := errorFields(err)
+	if details == "" {
+		details = "resource does not conform to R4"
+	}
+	return []Issue{{Severity: SeverityError, Code: CodeStructure, Expression: fhirPath(path), Details: details, Diagnostics: err.Error()}}
+}
+
+func (c *collector) ReportValidationWarning(path string, err error) error {
+	c.issues = append(c.issues, Issue{Severity: SeverityWarning, Code: CodeValue, Expression: fhirPath(path), Diagnostics: err.Error()})
+	return nil
+}
+
+// fhirPath turns google/fhir's element paths ("Patient.name[0].given[1]")
+// into FHIRPath expressions; they already are, so only trim stray dots.
+func fhirPath(p string) string { return strings.Trim(p, ".") }
+
+var bom = []byte{0xEF, 0xBB, 0xBF}
+
+// ParseOptions tunes validation.
+type ParseOptions struct {
+	// StrictReferenceTypes rejects references whose target type R4 does not
+	// allow at that element. Off, they are reported as warnings: several
+	// official R4 examples (e.g. Observation-clinical-gender) break this rule,
+	// and EHRs send such data.
+	StrictReferenceTypes bool
+}
+
+// Parse decodes and validates one R4 resource. It returns a *Error when the
+// body is not valid JSON, not a known resource type, or fails R4 validation
+// (datatypes, cardinality, required elements, unknown elements, reference
+// target types, narrative XHTML rules).
+func Parse(body []byte, opts ParseOptions) (*Resource, error) {
+	body = bytes.TrimPrefix(body, bom)
+	fields, err := topLevel(body)
+	if err != nil {
+		return nil, &Error{Status: 400, Issues: []Issue{{Severity: SeverityError, Code: CodeStructure, Details: "body is not a JSON object", Diagnostics: err.Error()}}}
+	}
+	var rt string
+	for _, f := range fields {
+		if f.name == "resourceType" {
+			if err := json.Unmarshal(f.raw, &rt); err != nil {
+				return nil, invalid(CodeStructure, "resourceType", "resourceType is not a string")
+			}
+		}
+	}
+	if rt == "" {
+		return nil, invalid(CodeRequired, "resourceType", "resourceType is missing")
+	}
+	if !IsResourceType(rt) {
+		return nil, invalid(CodeNotSupported, "resourceType", "unknown resourceType")
+	}
+	u, err := getUnmarshaller()
+	if err != nil {
+		return nil, fmt.Errorf("fhir unmarshaller: %w", err)
+	}
+	c := &collector{}
+	msg, err := u.UnmarshalWithErrorReporter(body, c)
+	if err != nil {
+		return nil, &Error{Status: 400, Issues: append(c.issues, issuesFromError(err)...)}
+	}
+	var errs, warnings []Issue
+	for _, is := range c.issues {
+		if is.refType && !opts.StrictReferenceTypes {
+			is.Severity = SeverityWarning
+		}
+		if is.Severity == SeverityError {
+			errs = append(errs, is)
+		} else {
+			warnings = append(warnings, is)
+		}
+	}
+	doc, err := decodeDoc(body)
+	if err != nil {
+		return nil, &Error{Status: 400, Issues: []Issue{{Severity: SeverityError, Code: CodeStructure, Details: "body is not valid JSON", Diagnostics: err.Error()}}}
+	}
+	errs = append(errs, checkNarratives(rt, doc)...)
+	errs = append(errs, checkJSONRules(rt, doc)...)
+	if len(errs) > 0 {
+		return nil, &Error{Status: 400, Issues: errs}
+	}
+	r := &Resource{Type: rt, Doc: doc, Msg: msg, Warnings: warnings, fields: fields}
+	if id, ok := doc["id"].(string); ok {
+		r.ID = id
+	}
+	return r, nil
+}
+
+func invalid(code IssueCode, expr, details string) *Error {
+	return &Error{Status: 400, Issues: []Issue{{Severity: SeverityError, Code: code, Expression: expr, Details: details}}}
+}
+
+// topLevel reads the members of a JSON object in document order without
+// decoding their values. Duplicate members are an error.
+func topLevel(body []byte) ([]field, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	tok, err := dec.Token()
+	if err != nil {
+		return nil, err
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '{' {
+		return nil, errors.New("not a JSON object")
+	}
+	var out []field
+	seen := map[string]bool{}
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		name, _ := tok.(string)
+		if seen[name] {
+			return nil, fmt.Errorf("duplicate member %q", name)
+		}
+		seen[name] = true
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, err
+		}
+		out = append(out, field{name: name, raw: raw})
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, err
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("trailing data after the JSON object")
+	}
+	return out, nil
+}
+
+func decodeDoc(body []byte) (map[string]any, error) {
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var doc map[string]any
+	if err := dec.Decode(&doc); err != nil {
+		return nil, err
+	}
+	return doc, nil
+}
+
+// checkJSONRules applies R4 JSON rules google/fhir does not: no empty
+// arrays or objects, no null values (http://hl7.org/fhir/R4/json.html).
+func checkJSONRules(rt string, doc map[string]any) []Issue {
+	var out []Issue
+	var walk func(path string, v any)
+	walk = func(path string, v any) {
+		switch t := v.(type) {
+		case nil:
+			out = append(out, Issue{Severity: SeverityError, Code: CodeStructure, Expression: path, Details: "null is not allowed in FHIR JSON"})
+		case []any:
+			if len(t) == 0 {
+				out = append(out, Issue{Severity: SeverityError, Code: CodeStructure, Expression: path, Details: "empty arrays are not allowed in FHIR JSON"})
+			}
+			for i, e := range t {
+				// Arrays of primitive extensions may hold nulls as placeholders.
+				if e == nil && strings.HasPrefix(lastSeg(path), "_") {
+					continue
+				}
+				walk(fmt.Sprintf("%s[%d]", path, i), e)
+			}
+		case map[string]any:
+			if len(t) == 0 {
+				out = append(out, Issue{Severity: SeverityError, Code: CodeStructure, Expression: path, Details: "empty objects are not allowed in FHIR JSON"})
+			}
+			for k, e := range t {
+				if k == "resourceType" {
+					continue
+				}
+				walk(path+"."+k, e)
+			}
+		}
+	}
+	for k, v := range doc {
+		walk(rt+"."+k, v)
+	}
+	return out
+}
+
+func lastSeg(path string) string {
+	if i := strings.LastIndexByte(path, '.'); i >= 0 {
+		return path[i+1:]
+	}
+	return path
+}
+
+// checkNarratives applies the R4 XHTML rules to every Narrative.div in the
+// resource, including contained resources and Bundle entries.
+func checkNarratives(rt string, doc map[string]any) []Issue {
+	var out []Issue
+	var walk func(path string, v any)
+	walk = func(path string, v any) {
+		switch t := v.(type) {
+		case []any:
+			for i, e := range t {
+				walk(fmt.Sprintf("%s[%d]", path, i), e)
+			}
+		case map[string]any:
+			for k, e := range t {
+				if k == "text" {
+					if m, ok := e.(map[string]any); ok {
+						if div, ok := m["div"].(string); ok {
+							for _, ni := range CheckNarrative(div) {
+								out = append(out, Issue{Severity: SeverityError, Code: CodeInvariant, Expression: path + ".text.div", Details: "narrative violates " + ni.Rule + ": " + ni.Detail})
+							}
+							continue
+						}
+					}
+				}
+				walk(path+"."+k, e)
+			}
+		}
+	}
+	walk(rt, doc)
+	return out
+}
+
+// Meta is what the server assigns to a stored version.
+type Meta struct {
+	ID          string
+	VersionID   string
+	LastUpdated time.Time
+}
+
+// FormatInstant formats t as an R4 instant with millisecond precision.
+func FormatInstant(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z07:00") }
+
+// Encode returns the resource as JSON with id, meta.versionId and
+// meta.lastUpdated set to m; every other member keeps its original bytes.
+func (r *Resource) Encode(m Meta) ([]byte, error) {
+	var b bytes.Buffer
+	b.Grow(64 + sizeOf(r.fields))
+	b.WriteString(`{"resourceType":`)
+	writeString(&b, r.Type)
+	b.WriteString(`,"id":`)
+	writeString(&b, m.ID)
+	meta := map[string]json.RawMessage{}
+	for _, f := range r.fields {
+		if f.name == "meta" {
+			if err := json.Unmarshal(f.raw, &meta); err != nil {
+				return nil, fmt.Errorf("meta: %w", err)
+			}
+		}
+	}
+	meta["versionId"], _ = json.Marshal(m.VersionID)
+	meta["lastUpdated"], _ = json.Marshal(FormatInstant(m.LastUpdated))
+	mb, err := json.Marshal(meta)
+	if err != nil {
+		return nil, err
+	}
+	b.WriteString(`,"meta":`)
+	b.Write(mb)
+	for _, f := range r.fields {
+		switch f.name {
+		case "resourceType", "id", "meta":
+			continue
+		}
+		b.WriteByte(',')
+		writeString(&b, f.name)
+		b.WriteByte(':')
+		if err := json.Compact(&b, f.raw); err != nil {
+			return nil, err
+		}
+	}
+	b.WriteByte('}')
+	r.ID = m.ID
+	r.Doc["id"] = m.ID
+	dm, _ := r.Doc["meta"].(map[string]any)
+	if dm == nil {
+		dm = map[string]any{}
+		r.Doc["meta"] = dm
+	}
+	dm["versionId"] = m.VersionID
+	dm["lastUpdated"] = FormatInstant(m.LastUpdated)
+	return b.Bytes(), nil
+}
+
+func sizeOf(fs []field) int {
+	n := 0
+	for _, f := range fs {
+		n += len(f.name) + len(f.raw) + 4
+	}
+	return n
+}
+
+func writeString(b *bytes.Buffer, s string) {
+	b.Write(JSONString(s))
+}
+
+// JSONString returns s as a JSON string literal, without HTML escaping.
+func JSONString(s string) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.Encode(s)
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+}
+
+// DecodeStored decodes bytes the server stored itself (already validated)
+// into generic JSON for search matching.
+func DecodeStored(body []byte) (map[string]any, error) { return decodeDoc(body) }

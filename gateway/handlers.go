@@ -1,0 +1,532 @@
+package gateway
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fhirgate/fhirgate/fhir"
+	"github.com/fhirgate/fhirgate/internal/store"
+	"github.com/gorilla/mux"
+)
+
+func (s *Server) resourceType(r *http.Request) (string, error) {
+	t := mux.Vars(r)["type"]
+	if !fhir.IsResourceType(t) {
+		return "", httpErr(http.StatusNotFound, fhir.CodeNotSupported, "unknown resource type")
+	}
+	return t, nil
+}
+
+func (s *Server) key(r *http.Request) (store.Key, error) {
+	t, err := s.resourceType(r)
+	if err != nil {
+		return store.Key{}, err
+	}
+	id := mux.Vars(r)["id"]
+	if !fhir.ValidID(id) {
+		return store.Key{}, httpErr(http.StatusBadRequest, fhir.CodeInvalid, "invalid resource id")
+	}
+	return store.Key{Type: t, ID: id}, nil
+}
+
+func newID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}
+
+// readBody reads a size-limited body and parses it as a resource of type t.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request, t string) (*fhir.Resource, error) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
+	if err != nil {
+		return nil, err
+	}
+	if len(body) == 0 {
+		return nil, httpErr(http.StatusBadRequest, fhir.CodeRequired, "request body is empty")
+	}
+	res, err := fhir.Parse(body, fhir.ParseOptions{StrictReferenceTypes: s.cfg.EnforceReferences})
+	if err != nil {
+		var fe *fhir.Error
+		if errors.As(err, &fe) && s.cfg.EnforceReferences {
+			for _, is := range fe.Issues {
+				if is.Code == fhir.CodeInvalid && strings.HasPrefix(is.Details, "invalid reference to a ") {
+					fe.Status = http.StatusUnprocessableEntity
+				}
+			}
+		}
+		return nil, err
+	}
+	if res.Type != t {
+		return nil, fhir.Errorf(http.StatusUnprocessableEntity, fhir.CodeInvalid, "resourceType", "resourceType %s does not match the URL's type %s", res.Type, t)
+	}
+	return res, nil
+}
+
+// checkReferences rejects local references to resources the server does
+// not hold (422), when EnforceReferences is on.
+func (s *Server) checkReferences(r *http.Request, res *fhir.Resource) error {
+	if !s.cfg.EnforceReferences {
+		return nil
+	}
+	var issues []fhir.Issue
+	walkReferences(res.Doc, res.Type, func(path, ref string) {
+		v := fhir.ParseReference(ref, s.base(r))
+		if v.RefType == "" {
+			return
+		}
+		if v.RefType == res.Type && v.RefID == res.ID {
+			return
+		}
+		cur, err := s.store.Get(r.Context(), store.Key{Type: v.RefType, ID: v.RefID})
+		if err != nil || cur.Deleted {
+			issues = append(issues, fhir.Issue{Severity: fhir.SeverityError, Code: fhir.CodeNotFound, Expression: path, Details: "referenced resource does not exist on this server"})
+		}
+	})
+	if len(issues) > 0 {
+		return &fhir.Error{Status: http.StatusUnprocessableEntity, Issues: issues}
+	}
+	return nil
+}
+
+func walkReferences(v any, path string, fn func(path, ref string)) {
+	switch t := v.(type) {
+	case map[string]any:
+		for k, e := range t {
+			if k == "contained" {
+				continue
+			}
+			if k == "reference" {
+				if s, ok := e.(string); ok && !strings.HasPrefix(s, "#") {
+					fn(path+".reference", s)
+				}
+				continue
+			}
+			walkReferences(e, path+"."+k, fn)
+		}
+	case []any:
+		for i, e := range t {
+			walkReferences(e, fmt.Sprintf("%s[%d]", path, i), fn)
+		}
+	}
+}
+
+// write stores res as version v of k and returns the record.
+func (s *Server) write(r *http.Request, res *fhir.Resource, k store.Key, v int64, opts store.PutOptions) (store.Record, error) {
+	now := s.now().UTC().Truncate(time.Millisecond)
+	body, err := res.Encode(fhir.Meta{ID: k.ID, VersionID: strconv.FormatInt(v, 10), LastUpdated: now})
+	if err != nil {
+		return store.Record{}, err
+	}
+	rec := store.Record{Type: k.Type, ID: k.ID, Version: v, Updated: now, Body: body, Terms: s.terms(res)}
+	return rec, s.store.Put(r.Context(), rec, opts)
+}
+
+func (s *Server) terms(res *fhir.Resource) []store.Term {
+	ts := fhir.IndexTerms(res.Doc, s.params[res.Type], s.cfg.BaseURL)
+	out := make([]store.Term, len(ts))
+	for i, t := range ts {
+		out[i] = store.Term{Param: t.Param, Value: t.Value, Ordered: t.Ordered}
+	}
+	return out
+}
+
+func etag(v int64) string { return `W/"` + strconv.FormatInt(v, 10) + `"` }
+
+// parseETag accepts W/"3", "3" and 3.
+func parseETag(s string) (int64, bool) {
+	s = strings.TrimPrefix(strings.TrimSpace(s), "W/")
+	s = strings.Trim(s, `"`)
+	v, err := strconv.ParseInt(s, 10, 64)
+	return v, err == nil && v > 0
+}
+
+func (s *Server) setVersionHeaders(w http.ResponseWriter, rec store.Record) {
+	w.Header().Set("ETag", etag(rec.Version))
+	w.Header().Set("Last-Modified", rec.Updated.UTC().Format(http.TimeFormat))
+}
+
+func (s *Server) location(r *http.Request, rec store.Record) string {
+	return fmt.Sprintf("%s/%s/%s/_history/%d", s.base(r), rec.Type, rec.ID, rec.Version)
+}
+
+// respondWrite answers a create or update per the Prefer header.
+func (s *Server) respondWrite(w http.ResponseWriter, r *http.Request, rec store.Record, status int, warnings []fhir.Issue) {
+	s.setVersionHeaders(w, rec)
+	if status == http.StatusCreated || r.Method == http.MethodPut {
+		w.Header().Set("Location", s.location(r, rec))
+	}
+	switch preferReturn(r) {
+	case "minimal":
+		w.WriteHeader(status)
+	case "OperationOutcome":
+		is := append([]fhir.Issue{{Severity: fhir.SeverityInformation, Code: fhir.CodeInformational, Details: fmt.Sprintf("%s/%s version %d stored", rec.Type, rec.ID, rec.Version)}}, warnings...)
+		writeOutcome(w, status, is)
+	default:
+		w.Header().Set("Content-Type", contentTypeFHIR)
+		w.WriteHeader(status)
+		w.Write(rec.Body)
+	}
+}
+
+func preferReturn(r *http.Request) string {
+	for _, p := range preferences(r) {
+		if v, ok := strings.CutPrefix(p, "return="); ok {
+			return v
+		}
+	}
+	return "representation"
+}
+
+func preferLenient(r *http.Request) bool {
+	for _, p := range preferences(r) {
+		if p == "handling=lenient" {
+			return true
+		}
+	}
+	return false
+}
+
+func preferences(r *http.Request) []string {
+	var out []string
+	for _, h := range r.Header.Values("Prefer") {
+		for _, p := range strings.FieldsFunc(h, func(c rune) bool { return c == ',' || c == ';' }) {
+			out = append(out, strings.TrimSpace(p))
+		}
+	}
+	return out
+}
+
+func (s *Server) create(w http.ResponseWriter, r *http.Request) error {
+	t, err := s.resourceType(r)
+	if err != nil {
+		return err
+	}
+	res, err := s.readBody(w, r, t)
+	if err != nil {
+		return err
+	}
+	// R4: the server assigns the id; one in the body is ignored.
+	k := store.Key{Type: t, ID: newID()}
+	res.ID = k.ID
+	if err := s.checkReferences(r, res); err != nil {
+		return err
+	}
+	if cond := r.Header.Get("If-None-Exist"); cond != "" {
+		return s.conditionalCreate(w, r, res, k, cond)
+	}
+	rec, err := s.write(r, res, k, 1, store.PutOptions{})
+	if err != nil {
+		return err
+	}
+	s.respondWrite(w, r, rec, http.StatusCreated, res.Warnings)
+	return nil
+}
+
+// conditionalCreate implements If-None-Exist. When the criteria are exact
+// index lookups the "no match" check is made atomically with the write by
+// the store (so it holds across gateway processes); otherwise it is a
+// search followed by a write.
+func (s *Server) conditionalCreate(w http.ResponseWriter, r *http.Request, res *fhir.Resource, k store.Key, cond string) error {
+	vals, err := url.ParseQuery(strings.TrimPrefix(cond, k.Type+"?"))
+	if err != nil {
+		return httpErr(http.StatusBadRequest, fhir.CodeInvalid, "If-None-Exist is not a valid query")
+	}
+	q, err := fhir.ParseQuery(k.Type, vals, s.params, s.base(r), false)
+	if err != nil {
+		return err
+	}
+	if len(q.Clauses) == 0 {
+		return httpErr(http.StatusBadRequest, fhir.CodeInvalid, "If-None-Exist has no search criteria")
+	}
+	for attempt := 0; attempt < 5; attempt++ {
+		ids, err := s.matchIDs(r, q)
+		if err != nil {
+			return err
+		}
+		switch len(ids) {
+		case 0:
+		case 1:
+			rec, err := s.store.Get(r.Context(), store.Key{Type: k.Type, ID: ids[0]})
+			if err != nil {
+				return err
+			}
+			s.respondWrite(w, r, rec, http.StatusOK, nil)
+			return nil
+		default:
+			return httpErr(http.StatusPreconditionFailed, fhir.CodeMultipleMatch, "If-None-Exist matched more than one resource")
+		}
+		opts := store.PutOptions{}
+		if guard, ok := storeGuard(q); ok {
+			opts.IfNoneMatch = guard
+		}
+		rec, err := s.write(r, res, k, 1, opts)
+		if errors.Is(err, store.ErrExists) {
+			continue // someone else created a match: look again
+		}
+		if err != nil {
+			return err
+		}
+		s.respondWrite(w, r, rec, http.StatusCreated, res.Warnings)
+		return nil
+	}
+	return httpErr(http.StatusConflict, fhir.CodeConflict, "conditional create kept racing; retry")
+}
+
+// storeGuard turns a query whose clauses are all exact index lookups into a
+// store guard. It reports false when the store could not decide the
+// criteria exactly.
+func storeGuard(q *fhir.Query) (*store.Query, bool) {
+	if !q.Exact() {
+		return nil, false
+	}
+	return toStoreQuery(q), true
+}
+
+func toStoreQuery(q *fhir.Query) *store.Query {
+	sq := &store.Query{Type: q.Type}
+	for _, clause := range q.Candidates() {
+		var or []store.Match
+		for _, t := range clause {
+			or = append(or, store.Match{Param: t.Param, Value: t.Value, Prefix: t.Ordered})
+		}
+		sq.All = append(sq.All, or)
+	}
+	return sq
+}
+
+func (s *Server) read(w http.ResponseWriter, r *http.Request) error {
+	k, err := s.key(r)
+	if err != nil {
+		return err
+	}
+	rec, err := s.store.Get(r.Context(), k)
+	if err != nil {
+		return err
+	}
+	if rec.Deleted {
+		s.setVersionHeaders(w, rec)
+		return errGone
+	}
+	return s.serveRecord(w, r, rec)
+}
+
+func (s *Server) serveRecord(w http.ResponseWriter, r *http.Request, rec store.Record) error {
+	s.setVersionHeaders(w, rec)
+	if inm := r.Header.Get("If-None-Match"); inm != "" {
+		if v, ok := parseETag(inm); ok && v == rec.Version {
+			w.WriteHeader(http.StatusNotModified)
+			return nil
+		}
+	}
+	if ims := r.Header.Get("If-Modified-Since"); ims != "" {
+		if t, err := http.ParseTime(ims); err == nil && !rec.Updated.Truncate(time.Second).After(t) {
+			w.WriteHeader(http.StatusNotModified)
+			return nil
+		}
+	}
+	w.Header().Set("Content-Type", contentTypeFHIR)
+	w.Header().Set("Content-Length", strconv.Itoa(len(rec.Body)))
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	w.Write(rec.Body)
+	return nil
+}
+
+func (s *Server) vread(w http.ResponseWriter, r *http.Request) error {
+	k, err := s.key(r)
+	if err != nil {
+		return err
+	}
+	v, err := strconv.ParseInt(mux.Vars(r)["vid"], 10, 64)
+	if err != nil || v < 1 {
+		return store.ErrNotFound
+	}
+	rec, err := s.store.GetVersion(r.Context(), k, v)
+	if err != nil {
+		return err
+	}
+	if rec.Deleted {
+		s.setVersionHeaders(w, rec)
+		return errGone
+	}
+	return s.serveRecord(w, r, rec)
+}
+
+func (s *Server) update(w http.ResponseWriter, r *http.Request) error {
+	k, err := s.key(r)
+	if err != nil {
+		return err
+	}
+	res, err := s.readBody(w, r, k.Type)
+	if err != nil {
+		return err
+	}
+	if res.ID == "" {
+		return fhir.Errorf(http.StatusBadRequest, fhir.CodeRequired, k.Type+".id", "the resource must have an id matching the URL")
+	}
+	if res.ID != k.ID {
+		return fhir.Errorf(http.StatusUnprocessableEntity, fhir.CodeInvalid, k.Type+".id", "the resource id does not match the URL")
+	}
+	return s.updateResource(w, r, res, k)
+}
+
+func (s *Server) updateResource(w http.ResponseWriter, r *http.Request, res *fhir.Resource, k store.Key) error {
+	if err := s.checkReferences(r, res); err != nil {
+		return err
+	}
+	ifMatch := r.Header.Get("If-Match")
+	var want int64
+	if ifMatch != "" {
+		v, ok := parseETag(ifMatch)
+		if !ok {
+			return httpErr(http.StatusBadRequest, fhir.CodeInvalid, "If-Match must be a version ETag like W/\"3\"")
+		}
+		want = v
+	}
+	for attempt := 0; attempt < 10; attempt++ {
+		cur, err := s.store.Get(r.Context(), k)
+		var next int64 = 1
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return err
+		default:
+			next = cur.Version + 1
+		}
+		if ifMatch != "" && (next == 1 || cur.Version != want) {
+			return httpErr(http.StatusPreconditionFailed, fhir.CodeConflict, "If-Match does not match the current version")
+		}
+		rec, err := s.write(r, res, k, next, store.PutOptions{})
+		if errors.Is(err, store.ErrConflict) {
+			if ifMatch != "" {
+				return httpErr(http.StatusPreconditionFailed, fhir.CodeConflict, "the resource changed: If-Match no longer matches")
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		status := http.StatusOK
+		if next == 1 || cur.Deleted {
+			status = http.StatusCreated
+		}
+		s.respondWrite(w, r, rec, status, res.Warnings)
+		return nil
+	}
+	return store.ErrConflict
+}
+
+func (s *Server) conditionalUpdate(w http.ResponseWriter, r *http.Request) error {
+	t, err := s.resourceType(r)
+	if err != nil {
+		return err
+	}
+	if r.URL.RawQuery == "" {
+		return httpErr(http.StatusMethodNotAllowed, fhir.CodeNotSupported, "PUT on a type needs search criteria (conditional update)")
+	}
+	q, err := fhir.ParseQuery(t, r.URL.Query(), s.params, s.base(r), false)
+	if err != nil {
+		return err
+	}
+	res, err := s.readBody(w, r, t)
+	if err != nil {
+		return err
+	}
+	ids, err := s.matchIDs(r, q)
+	if err != nil {
+		return err
+	}
+	switch len(ids) {
+	case 0:
+		id := res.ID
+		if id == "" {
+			id = newID()
+		}
+		return s.updateResource(w, r, res, store.Key{Type: t, ID: id})
+	case 1:
+		if res.ID != "" && res.ID != ids[0] {
+			return fhir.Errorf(http.StatusBadRequest, fhir.CodeInvalid, t+".id", "the resource id does not match the resource the criteria found")
+		}
+		return s.updateResource(w, r, res, store.Key{Type: t, ID: ids[0]})
+	}
+	return httpErr(http.StatusPreconditionFailed, fhir.CodeMultipleMatch, "conditional update criteria matched more than one resource")
+}
+
+func (s *Server) delete(w http.ResponseWriter, r *http.Request) error {
+	k, err := s.key(r)
+	if err != nil {
+		return err
+	}
+	return s.deleteKey(w, r, k)
+}
+
+func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request, k store.Key) error {
+	for attempt := 0; attempt < 10; attempt++ {
+		cur, err := s.store.Get(r.Context(), k)
+		if errors.Is(err, store.ErrNotFound) {
+			w.WriteHeader(http.StatusNoContent)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if cur.Deleted {
+			s.setVersionHeaders(w, cur)
+			w.WriteHeader(http.StatusNoContent)
+			return nil
+		}
+		if im := r.Header.Get("If-Match"); im != "" {
+			if v, ok := parseETag(im); !ok || v != cur.Version {
+				return httpErr(http.StatusPreconditionFailed, fhir.CodeConflict, "If-Match does not match the current version")
+			}
+		}
+		rec := store.Record{Type: k.Type, ID: k.ID, Version: cur.Version + 1, Updated: s.now().UTC().Truncate(time.Millisecond), Deleted: true}
+		err = s.store.Put(r.Context(), rec, store.PutOptions{})
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		s.setVersionHeaders(w, rec)
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+	return store.ErrConflict
+}
+
+func (s *Server) conditionalDelete(w http.ResponseWriter, r *http.Request) error {
+	t, err := s.resourceType(r)
+	if err != nil {
+		return err
+	}
+	if r.URL.RawQuery == "" {
+		return httpErr(http.StatusMethodNotAllowed, fhir.CodeNotSupported, "DELETE on a type needs search criteria (conditional delete)")
+	}
+	q, err := fhir.ParseQuery(t, r.URL.Query(), s.params, s.base(r), false)
+	if err != nil {
+		return err
+	}
+	ids, err := s.matchIDs(r, q)
+	if err != nil {
+		return err
+	}
+	switch len(ids) {
+	case 0:
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	case 1:
+		return s.deleteKey(w, r, store.Key{Type: t, ID: ids[0]})
+	}
+	return httpErr(http.StatusPreconditionFailed, fhir.CodeMultipleMatch, "conditional delete criteria matched more than one resource")
+}

@@ -1,0 +1,449 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fhirgate/fhirgate/fhir"
+	"github.com/fhirgate/fhirgate/internal/store"
+)
+
+// hit is a matched resource with its decoded document.
+type hit struct {
+	rec store.Record
+	doc map[string]any
+}
+
+// matchIDs returns the ids of live resources matching q.
+func (s *Server) matchIDs(r *http.Request, q *fhir.Query) ([]string, error) {
+	hits, err := s.matches(r, q)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(hits))
+	for i, h := range hits {
+		ids[i] = h.rec.ID
+	}
+	return ids, nil
+}
+
+// matches finds candidates in the store index, then checks each against
+// the full search semantics.
+func (s *Server) matches(r *http.Request, q *fhir.Query) ([]hit, error) {
+	ctx := r.Context()
+	ids, err := s.store.Search(ctx, *toStoreQuery(q))
+	if err != nil {
+		return nil, err
+	}
+	base := s.base(r)
+	out := make([]hit, 0, len(ids))
+	for _, id := range ids {
+		rec, err := s.store.Get(ctx, store.Key{Type: q.Type, ID: id})
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if rec.Deleted {
+			continue
+		}
+		doc, err := fhir.DecodeStored(rec.Body)
+		if err != nil {
+			return nil, err
+		}
+		if q.Matches(doc, base) {
+			out = append(out, hit{rec: rec, doc: doc})
+		}
+	}
+	return out, nil
+}
+
+func (s *Server) search(w http.ResponseWriter, r *http.Request) error {
+	t, err := s.resourceType(r)
+	if err != nil {
+		return err
+	}
+	vals := r.URL.Query()
+	if r.Method == http.MethodPost {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
+		if err != nil {
+			return err
+		}
+		form, err := url.ParseQuery(string(body))
+		if err != nil {
+			return httpErr(http.StatusBadRequest, fhir.CodeInvalid, "the _search body is not a valid form")
+		}
+		for k, v := range form {
+			vals[k] = append(vals[k], v...)
+		}
+	}
+	base := s.base(r)
+	q, err := fhir.ParseQuery(t, vals, s.params, base, preferLenient(r))
+	if err != nil {
+		return err
+	}
+	hits, err := s.matches(r, q)
+	if err != nil {
+		return err
+	}
+	sortHits(hits, q, base)
+	total := len(hits)
+	count := q.Count
+	if _, set := vals["_count"]; !set {
+		count = defaultCount
+	}
+	if count > maxCount {
+		count = maxCount
+	}
+	b := newBundle("searchset", s.now())
+	if q.Total != "none" {
+		b.total(total)
+	}
+	self := s.pageURL(base, t, q, q.Offset, count)
+	b.link("self", self)
+	if q.Summary == "count" {
+		return b.write(w)
+	}
+	b.link("first", s.pageURL(base, t, q, 0, count))
+	if count > 0 && q.Offset+count < total {
+		b.link("next", s.pageURL(base, t, q, q.Offset+count, count))
+	}
+	if q.Offset > 0 {
+		prev := q.Offset - count
+		if prev < 0 {
+			prev = 0
+		}
+		b.link("previous", s.pageURL(base, t, q, prev, count))
+	}
+	if count > 0 && total > 0 {
+		b.link("last", s.pageURL(base, t, q, ((total-1)/count)*count, count))
+	}
+	start := min(q.Offset, total)
+	end := min(start+count, total)
+	page := hits[start:end]
+	seen := map[string]bool{}
+	for _, h := range page {
+		seen[h.rec.Type+"/"+h.rec.ID] = true
+		b.entry(base, h.rec, "match")
+	}
+	if err := s.addIncludes(r, b, q, page, seen, base); err != nil {
+		return err
+	}
+	if len(q.Ignored) > 0 {
+		b.outcome(fhir.Issue{Severity: fhir.SeverityWarning, Code: fhir.CodeNotSupported, Details: "ignored unknown search parameters: " + strings.Join(q.Ignored, ", ")})
+	}
+	return b.write(w)
+}
+
+func (s *Server) pageURL(base, t string, q *fhir.Query, offset, count int) string {
+	v := url.Values{}
+	for k, vs := range q.Canonical {
+		if k == "_count" {
+			continue
+		}
+		v[k] = vs
+	}
+	v.Set("_count", strconv.Itoa(count))
+	if offset > 0 {
+		v.Set("_offset", strconv.Itoa(offset))
+	}
+	return base + "/" + t + "?" + v.Encode()
+}
+
+// sortHits orders hits by the _sort keys, then by id, so pages are stable.
+func sortHits(hits []hit, q *fhir.Query, base string) {
+	if len(q.Sort) == 0 {
+		return // the store returns ids sorted
+	}
+	keys := make([][]string, len(hits))
+	for i, h := range hits {
+		for _, k := range q.Sort {
+			keys[i] = append(keys[i], fhir.SortValue(h.doc, k, base))
+		}
+	}
+	idx := make([]int, len(hits))
+	for i := range idx {
+		idx[i] = i
+	}
+	sort.SliceStable(idx, func(a, b int) bool {
+		ka, kb := keys[idx[a]], keys[idx[b]]
+		for i, k := range q.Sort {
+			if ka[i] == kb[i] {
+				continue
+			}
+			// Resources without a value sort last either way.
+			if ka[i] == "" {
+				return false
+			}
+			if kb[i] == "" {
+				return true
+			}
+			if k.Desc {
+				return ka[i] > kb[i]
+			}
+			return ka[i] < kb[i]
+		}
+		return hits[idx[a]].rec.ID < hits[idx[b]].rec.ID
+	})
+	sorted := make([]hit, len(hits))
+	for i, j := range idx {
+		sorted[i] = hits[j]
+	}
+	copy(hits, sorted)
+}
+
+func (s *Server) addIncludes(r *http.Request, b *bundle, q *fhir.Query, page []hit, seen map[string]bool, base string) error {
+	ctx := r.Context()
+	for _, inc := range q.Include {
+		sp := s.params[inc.Source][inc.Param]
+		for _, h := range page {
+			if h.rec.Type != inc.Source {
+				continue
+			}
+			for _, v := range fhir.Extract(h.doc, sp, base) {
+				if v.RefType == "" || (inc.Target != "" && v.RefType != inc.Target) {
+					continue
+				}
+				key := v.RefType + "/" + v.RefID
+				if seen[key] {
+					continue
+				}
+				rec, err := s.store.Get(ctx, store.Key{Type: v.RefType, ID: v.RefID})
+				if errors.Is(err, store.ErrNotFound) {
+					continue
+				}
+				if err != nil {
+					return err
+				}
+				if rec.Deleted {
+					continue
+				}
+				seen[key] = true
+				b.entry(base, rec, "include")
+			}
+		}
+	}
+	for _, inc := range q.RevInclude {
+		for _, h := range page {
+			if inc.Target != "" && inc.Target != h.rec.Type {
+				continue
+			}
+			rq := &fhir.Query{Type: inc.Source, Clauses: []fhir.Clause{{
+				Name: inc.Param, Param: s.params[inc.Source][inc.Param],
+				Values: []fhir.QValue{{Raw: h.rec.Type + "/" + h.rec.ID, Ref: fhir.Value{RefType: h.rec.Type, RefID: h.rec.ID}}},
+			}}}
+			hits, err := s.matches(r, rq)
+			if err != nil {
+				return err
+			}
+			for _, rh := range hits {
+				key := rh.rec.Type + "/" + rh.rec.ID
+				if seen[key] {
+					continue
+				}
+				seen[key] = true
+				b.entry(base, rh.rec, "include")
+			}
+		}
+	}
+	return nil
+}
+
+func (s *Server) typeHistory(w http.ResponseWriter, r *http.Request) error {
+	t, err := s.resourceType(r)
+	if err != nil {
+		return err
+	}
+	return s.history(w, r, store.HistoryQuery{Type: t})
+}
+
+func (s *Server) instanceHistory(w http.ResponseWriter, r *http.Request) error {
+	k, err := s.key(r)
+	if err != nil {
+		return err
+	}
+	return s.history(w, r, store.HistoryQuery{Type: k.Type, ID: k.ID})
+}
+
+func (s *Server) history(w http.ResponseWriter, r *http.Request, hq store.HistoryQuery) error {
+	vals := r.URL.Query()
+	count := defaultCount
+	for k, vs := range vals {
+		v := vs[0]
+		switch k {
+		case "_count":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return httpErr(http.StatusBadRequest, fhir.CodeInvalid, "_count must be a non-negative integer")
+			}
+			count = min(n, maxCount)
+		case "_offset":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				return httpErr(http.StatusBadRequest, fhir.CodeInvalid, "_offset must be a non-negative integer")
+			}
+			hq.Offset = n
+		case "_since":
+			lo, _, ok := fhir.ParseDate(v)
+			if !ok {
+				return httpErr(http.StatusBadRequest, fhir.CodeInvalid, "_since must be an instant")
+			}
+			hq.Since = lo
+		case "_format", "_pretty":
+		default:
+			if !preferLenient(r) {
+				return httpErr(http.StatusBadRequest, fhir.CodeNotSupported, "unsupported history parameter "+strconv.Quote(k))
+			}
+		}
+	}
+	hq.Count = count
+	if count == 0 {
+		hq.Count = -1
+	}
+	recs, total, err := s.store.History(r.Context(), hq)
+	if err != nil {
+		return err
+	}
+	if count == 0 {
+		recs = nil
+	}
+	base := s.base(r)
+	b := newBundle("history", s.now())
+	b.total(total)
+	path := base + "/" + hq.Type
+	if hq.ID != "" {
+		path += "/" + hq.ID
+	}
+	path += "/_history"
+	link := func(offset int) string {
+		v := url.Values{}
+		if !hq.Since.IsZero() {
+			v.Set("_since", vals.Get("_since"))
+		}
+		v.Set("_count", strconv.Itoa(count))
+		if offset > 0 {
+			v.Set("_offset", strconv.Itoa(offset))
+		}
+		return path + "?" + v.Encode()
+	}
+	b.link("self", link(hq.Offset))
+	if count > 0 && hq.Offset+count < total {
+		b.link("next", link(hq.Offset+count))
+	}
+	if hq.Offset > 0 {
+		b.link("previous", link(max(0, hq.Offset-count)))
+	}
+	for _, rec := range recs {
+		b.historyEntry(base, rec)
+	}
+	return b.write(w)
+}
+
+// bundle writes a Bundle around stored resource bytes, without
+// re-marshalling them.
+type bundle struct {
+	typ     string
+	now     time.Time
+	totalN  int
+	hasTot  bool
+	links   [][2]string
+	entries bytes.Buffer
+	n       int
+}
+
+func newBundle(typ string, now time.Time) *bundle { return &bundle{typ: typ, now: now} }
+
+func (b *bundle) total(n int)                      { b.totalN, b.hasTot = n, true }
+func (b *bundle) link(rel, u string)               { b.links = append(b.links, [2]string{rel, u}) }
+func jsonString(s string) []byte                   { v, _ := json.Marshal(s); return v }
+func fullURL(base string, rec store.Record) string { return base + "/" + rec.Type + "/" + rec.ID }
+
+func (b *bundle) sep() {
+	if b.n > 0 {
+		b.entries.WriteByte(',')
+	}
+	b.n++
+}
+
+func (b *bundle) entry(base string, rec store.Record, mode string) {
+	b.sep()
+	b.entries.WriteString(`{"fullUrl":`)
+	b.entries.Write(jsonString(fullURL(base, rec)))
+	b.entries.WriteString(`,"resource":`)
+	b.entries.Write(rec.Body)
+	b.entries.WriteString(`,"search":{"mode":"` + mode + `"}}`)
+}
+
+func (b *bundle) outcome(is fhir.Issue) {
+	b.sep()
+	b.entries.WriteString(`{"resource":`)
+	b.entries.Write(OperationOutcome([]fhir.Issue{is}))
+	b.entries.WriteString(`,"search":{"mode":"outcome"}}`)
+}
+
+func (b *bundle) historyEntry(base string, rec store.Record) {
+	b.sep()
+	b.entries.WriteString(`{"fullUrl":`)
+	b.entries.Write(jsonString(fullURL(base, rec)))
+	method, status, url := "PUT", "200 OK", rec.Type+"/"+rec.ID
+	switch {
+	case rec.Deleted:
+		method, status = "DELETE", "204 No Content"
+	case rec.Version == 1:
+		method, status, url = "POST", "201 Created", rec.Type
+	}
+	if !rec.Deleted {
+		b.entries.WriteString(`,"resource":`)
+		b.entries.Write(rec.Body)
+	}
+	b.entries.WriteString(`,"request":{"method":"` + method + `","url":`)
+	b.entries.Write(jsonString(url))
+	b.entries.WriteString(`},"response":{"status":"` + status + `","etag":`)
+	b.entries.Write(jsonString(etag(rec.Version)))
+	b.entries.WriteString(`,"lastModified":`)
+	b.entries.Write(jsonString(fhir.FormatInstant(rec.Updated)))
+	b.entries.WriteString(`}}`)
+}
+
+func (b *bundle) write(w http.ResponseWriter) error {
+	var out bytes.Buffer
+	out.Grow(b.entries.Len() + 512)
+	out.WriteString(`{"resourceType":"Bundle","id":`)
+	out.Write(jsonString(newID()))
+	out.WriteString(`,"meta":{"lastUpdated":`)
+	out.Write(jsonString(fhir.FormatInstant(b.now)))
+	out.WriteString(`},"type":"` + b.typ + `"`)
+	if b.hasTot {
+		out.WriteString(`,"total":` + strconv.Itoa(b.totalN))
+	}
+	if len(b.links) > 0 {
+		out.WriteString(`,"link":[`)
+		for i, l := range b.links {
+			if i > 0 {
+				out.WriteByte(',')
+			}
+			out.WriteString(`{"relation":"` + l[0] + `","url":`)
+			out.Write(jsonString(l[1]))
+			out.WriteByte('}')
+		}
+		out.WriteByte(']')
+	}
+	if b.n > 0 {
+		out.WriteString(`,"entry":[`)
+		out.Write(b.entries.Bytes())
+		out.WriteByte(']')
+	}
+	out.WriteByte('}')
+	w.Header().Set("Content-Type", contentTypeFHIR)
+	w.Write(out.Bytes())
+	return nil
+}

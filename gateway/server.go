@@ -1,0 +1,253 @@
+// Package gateway is fhirgate's HTTP edge: the FHIR R4 REST API on
+// gorilla/mux, its middleware, and the one place errors become
+// OperationOutcomes.
+package gateway
+
+import (
+	"context"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/fhirgate/fhirgate/fhir"
+	"github.com/fhirgate/fhirgate/internal/store"
+	"github.com/gorilla/mux"
+)
+
+const (
+	contentTypeFHIR = "application/fhir+json; charset=utf-8"
+	// DefaultMaxBody is the default request body limit.
+	DefaultMaxBody = 10 << 20
+	defaultCount   = 50
+	maxCount       = 1000
+)
+
+// Config configures a Server.
+type Config struct {
+	Store store.Store
+	// BaseURL is the absolute public URL of the FHIR base, e.g.
+	// https://fhir.example.org/fhir. Empty: derived from each request.
+	BaseURL string
+	// MaxBody bounds request bodies (default DefaultMaxBody).
+	MaxBody int64
+	// EnforceReferences rejects creates/updates whose local references
+	// point at resources the server does not hold, or at types R4 does not
+	// allow there (422).
+	EnforceReferences bool
+	// Params is the search parameter registry (default fhir.DefaultParams).
+	Params fhir.Params
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Version is reported in the CapabilityStatement.
+	Version string
+}
+
+// Server serves the FHIR REST API.
+type Server struct {
+	cfg    Config
+	store  store.Store
+	params fhir.Params
+	log    *slog.Logger
+	now    func() time.Time
+	router *mux.Router
+	capa   []byte
+	ready  func(context.Context) error
+}
+
+// New returns a Server.
+func New(cfg Config) *Server {
+	s := &Server{cfg: cfg, store: cfg.Store, params: cfg.Params, log: cfg.Logger, now: cfg.Now}
+	if s.params == nil {
+		s.params = fhir.DefaultParams()
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.cfg.MaxBody <= 0 {
+		s.cfg.MaxBody = DefaultMaxBody
+	}
+	s.cfg.BaseURL = strings.TrimSuffix(s.cfg.BaseURL, "/")
+	s.routes()
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+// handlerFunc is an HTTP handler that returns its error for writeError.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) error
+
+func (s *Server) wrap(h handlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			s.writeError(w, r, err)
+		}
+	})
+}
+
+func (s *Server) routes() {
+	r := mux.NewRouter()
+	r.Use(s.logRequests)
+	r.Handle("/healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Write([]byte("ok\n"))
+	})).Methods(http.MethodGet, http.MethodHead).Name("healthz")
+	r.Handle("/readyz", s.wrap(s.readyz)).Methods(http.MethodGet, http.MethodHead).Name("readyz")
+
+	f := r.PathPrefix("/fhir").Subrouter()
+	f.Use(s.negotiate)
+	f.Handle("/metadata", s.wrap(s.metadata)).Methods(http.MethodGet).Name("metadata")
+	f.Handle("/{type}/_search", s.wrap(s.search)).Methods(http.MethodPost).Name("search-post")
+	f.Handle("/{type}/_history", s.wrap(s.typeHistory)).Methods(http.MethodGet).Name("history-type")
+	f.Handle("/{type}/{id}/_history/{vid}", s.wrap(s.vread)).Methods(http.MethodGet).Name("vread")
+	f.Handle("/{type}/{id}/_history", s.wrap(s.instanceHistory)).Methods(http.MethodGet).Name("history-instance")
+	f.Handle("/{type}/{id}", s.wrap(s.read)).Methods(http.MethodGet, http.MethodHead).Name("read")
+	f.Handle("/{type}/{id}", s.wrap(s.update)).Methods(http.MethodPut).Name("update")
+	f.Handle("/{type}/{id}", s.wrap(s.delete)).Methods(http.MethodDelete).Name("delete")
+	f.Handle("/{type}", s.wrap(s.search)).Methods(http.MethodGet).Name("search")
+	f.Handle("/{type}", s.wrap(s.create)).Methods(http.MethodPost).Name("create")
+	f.Handle("/{type}", s.wrap(s.conditionalUpdate)).Methods(http.MethodPut).Name("update-conditional")
+	f.Handle("/{type}", s.wrap(s.conditionalDelete)).Methods(http.MethodDelete).Name("delete-conditional")
+	notAllowed := s.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		return httpErr(http.StatusMethodNotAllowed, fhir.CodeNotSupported, "method "+r.Method+" is not supported here")
+	})
+	f.Handle("/{type}/{id}", notAllowed).Methods(http.MethodPatch, http.MethodPost).Name("not-allowed")
+	f.Handle("/{type}", notAllowed).Methods(http.MethodPatch).Name("not-allowed")
+	f.Handle("/metadata", notAllowed).Name("not-allowed")
+	f.NotFoundHandler = s.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		return httpErr(http.StatusNotFound, fhir.CodeNotSupported, "no such FHIR endpoint")
+	})
+	f.MethodNotAllowedHandler = s.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		return httpErr(http.StatusMethodNotAllowed, fhir.CodeNotSupported, "method "+r.Method+" is not supported here")
+	})
+	r.NotFoundHandler = f.NotFoundHandler
+	r.MethodNotAllowedHandler = f.MethodNotAllowedHandler
+	s.router = r
+}
+
+func routeName(r *http.Request) string {
+	if rt := mux.CurrentRoute(r); rt != nil && rt.GetName() != "" {
+		return rt.GetName()
+	}
+	return "unmatched"
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += n
+	return n, err
+}
+
+// logRequests logs method, route name, status and duration: never paths,
+// query strings or bodies, which can carry PHI.
+func (s *Server) logRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w}
+		next.ServeHTTP(sw, r)
+		level := slog.LevelDebug
+		if sw.status >= 500 {
+			level = slog.LevelWarn
+		}
+		s.log.Log(r.Context(), level, "http request",
+			slog.String("method", r.Method), slog.String("route", routeName(r)),
+			slog.Int("status", sw.status), slog.Int("bytes", sw.bytes),
+			slog.Duration("duration", time.Since(start)))
+	})
+}
+
+// negotiate enforces JSON: 406 for an Accept or _format without a JSON
+// type, 415 for a request body that is not FHIR JSON.
+func (s *Server) negotiate(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if f := r.URL.Query().Get("_format"); f != "" && !jsonFormat(f) {
+			s.writeError(w, r, httpErr(http.StatusNotAcceptable, fhir.CodeNotSupported, "only JSON is supported (_format)"))
+			return
+		}
+		if a := r.Header.Get("Accept"); a != "" && !acceptsJSON(a) {
+			s.writeError(w, r, httpErr(http.StatusNotAcceptable, fhir.CodeNotSupported, "only application/fhir+json and application/json are supported"))
+			return
+		}
+		if r.Method == http.MethodPost || r.Method == http.MethodPut {
+			mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+			ok := mt == "application/fhir+json" || mt == "application/json" || mt == "application/json+fhir"
+			if strings.HasSuffix(r.URL.Path, "/_search") {
+				ok = mt == "application/x-www-form-urlencoded" || (mt == "" && r.ContentLength <= 0)
+			}
+			if !ok {
+				s.writeError(w, r, httpErr(http.StatusUnsupportedMediaType, fhir.CodeNotSupported, "Content-Type must be application/fhir+json or application/json"))
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func jsonFormat(f string) bool {
+	switch strings.ToLower(f) {
+	case "json", "application/json", "application/fhir+json", "application/json+fhir":
+		return true
+	}
+	return false
+}
+
+func acceptsJSON(accept string) bool {
+	for _, part := range strings.Split(accept, ",") {
+		mt, params, err := mime.ParseMediaType(strings.TrimSpace(part))
+		if err != nil {
+			continue
+		}
+		if q, ok := params["q"]; ok && (q == "0" || q == "0.0" || q == "0.00" || q == "0.000") {
+			continue
+		}
+		switch mt {
+		case "*/*", "application/*", "application/json", "application/fhir+json", "application/json+fhir":
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) error {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.store.Ping(ctx); err != nil {
+		s.log.WarnContext(ctx, "readiness check failed", slog.Any("error", err))
+		return httpErr(http.StatusServiceUnavailable, fhir.CodeTransient, "store unavailable")
+	}
+	w.Write([]byte("ready\n"))
+	return nil
+}
+
+// base returns the absolute FHIR base URL for links in responses.
+func (s *Server) base(r *http.Request) string {
+	if s.cfg.BaseURL != "" {
+		return s.cfg.BaseURL
+	}
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host + "/fhir"
+}
