@@ -198,6 +198,7 @@ func Parse(body []byte, opts ParseOptions) (*Resource, error) {
 	}
 	errs = append(errs, checkNarratives(rt, doc)...)
 	errs = append(errs, checkJSONRules(rt, doc)...)
+	errs = append(errs, checkInvariants(rt, doc)...)
 	if len(errs) > 0 {
 		return nil, &Error{Status: 400, Issues: errs}
 	}

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Measures fhirgate with cmd/fhirbench on this machine: create, read, search
+# and mixed workloads against the embedded and the Redis backends.
+# Usage: conformance/bench.sh [duration] [concurrency]
+set -euo pipefail
+DUR=${1:-10s}
+C=${2:-32}
+BIN=bin/fhirgate
+BENCH=bin/fhirbench
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
+wait_ready() { for _ in $(seq 1 100); do "$BIN" healthcheck --url "http://$1/readyz" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+
+run_all() {
+  local base=$1
+  for w in create read search mixed; do
+    echo "-- $2: $w"
+    "$BENCH" --base-url "$base" --workload "$w" -c "$C" --duration "$DUR" --seed 500
+  done
+}
+
+P=$(free_port)
+"$BIN" serve --addr "127.0.0.1:$P" --data-dir "$WORK/bolt" --log-level warn &
+PIDS+=($!)
+wait_ready "127.0.0.1:$P"
+run_all "http://127.0.0.1:$P/fhir" embedded
+
+RP=$(free_port)
+redis-server --port "$RP" --bind 127.0.0.1 --dir "$WORK" --save "" --appendonly yes --appendfsync everysec --daemonize no >"$WORK/redis.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 1 100); do redis-cli -p "$RP" ping >/dev/null 2>&1 && break; sleep 0.1; done
+A=$(free_port)
+"$BIN" serve --addr "127.0.0.1:$A" --redis-url "redis://127.0.0.1:$RP/0" --log-level warn &
+PIDS+=($!)
+wait_ready "127.0.0.1:$A"
+run_all "http://127.0.0.1:$A/fhir" redis
