@@ -36,7 +36,9 @@ func conformanceCmd(ctx context.Context, args []string) error {
 	if *verbose {
 		report.WriteDetails(os.Stdout)
 	}
-	report.WriteTable(os.Stdout)
+	if len(report.Results) > 0 {
+		report.WriteTable(os.Stdout)
+	}
 	if err != nil {
 		return err
 	}

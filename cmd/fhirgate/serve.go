@@ -25,6 +25,7 @@ type serveConfig struct {
 	Addr              string
 	DataDir           string
 	RedisURL          string
+	RedisAddrs        string
 	BaseURL           string
 	MaxBody           int64
 	EnforceReferences bool
@@ -56,6 +57,7 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "listen address")
 	fs.StringVar(&c.DataDir, "data-dir", "./data", "data directory for the embedded store")
 	fs.StringVar(&c.RedisURL, "redis-url", "", "use Redis at this redis:// URL instead of the embedded store")
+	fs.StringVar(&c.RedisAddrs, "redis-cluster", "", "comma-separated Redis Cluster seed nodes (host:port,...) instead of --redis-url")
 	fs.StringVar(&c.BaseURL, "base-url", "", "public absolute URL of the FHIR base (default: from each request's Host)")
 	fs.Int64Var(&c.MaxBody, "max-body", gateway.DefaultMaxBody, "maximum request body in bytes (413 above)")
 	fs.BoolVar(&c.EnforceReferences, "enforce-references", false, "reject references to resources this server does not hold, and reference target types R4 does not allow (422)")
@@ -97,8 +99,12 @@ func serve(ctx context.Context, args []string) error {
 	defer stop()
 
 	var st store.Store
-	if cfg.RedisURL != "" {
-		st, err = redisstore.New(ctx, redisstore.Config{URL: cfg.RedisURL, Logger: log})
+	if cfg.RedisURL != "" || cfg.RedisAddrs != "" {
+		rc := redisstore.Config{URL: cfg.RedisURL, Logger: log}
+		if cfg.RedisAddrs != "" {
+			rc.URL, rc.Addrs = "", strings.Split(cfg.RedisAddrs, ",")
+		}
+		st, err = redisstore.New(ctx, rc)
 		log.Info("store: redis")
 	} else {
 		st, err = boltstore.New(ctx, boltstore.Config{Dir: cfg.DataDir})
