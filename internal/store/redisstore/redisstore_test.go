@@ -1,7 +1,10 @@
 package redisstore_test
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
+	"strings"
 	"fmt"
 	"os"
 	"sync/atomic"
@@ -44,4 +47,34 @@ func TestCrashConsistency(t *testing.T) {
 		}
 		return s
 	})
+}
+
+func TestWarnsWhenAOFOff(t *testing.T) {
+	srv := redistest.Start(t)
+	for _, test := range []struct {
+		aof  string
+		warn bool
+	}{{"yes", false}, {"no", true}} {
+		t.Run("appendonly="+test.aof, func(t *testing.T) {
+			var buf bytes.Buffer
+			log := slog.New(slog.NewTextHandler(&buf, nil))
+			s, err := redisstore.New(t.Context(), redisstore.Config{URL: srv.URL(), Logger: log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if err := s.Client().ConfigSet(t.Context(), "appendonly", test.aof).Err(); err != nil {
+				t.Fatal(err)
+			}
+			buf.Reset()
+			s2, err := redisstore.New(t.Context(), redisstore.Config{URL: srv.URL(), Logger: log})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s2.Close()
+			if got := strings.Contains(buf.String(), "PERSISTENCE IS OFF"); got != test.warn {
+				t.Errorf("warning logged = %v, want %v; log: %s", got, test.warn, buf.String())
+			}
+		})
+	}
 }
