@@ -88,7 +88,7 @@ func evalPath(doc map[string]any, path string) []node {
 			} else {
 				// choice element: seg + UpperCamel type name
 				for k, v := range m {
-					if len(k) > len(seg) && strings.HasPrefix(k, seg) && unicode.IsUpper(rune(k[len(seg)])) {
+					if len(k) > len(seg) && strings.HasPrefix(k, seg) && choiceTypes[k[len(seg):]] {
 						add(v, k[len(seg):])
 					}
 				}
@@ -116,6 +116,13 @@ func evalPath(doc map[string]any, path string) []node {
 func appendValues(out []Value, sp *SearchParam, n node, base string) []Value {
 	switch sp.Type {
 	case TypeToken:
+		if sp.Name == "deceased" && n.choiceType == "DateTime" {
+			// Patient.deceased: "exists() and != false".
+			return append(out, Value{Code: "true"})
+		}
+		if n.choiceType != "" && !tokenChoiceTypes[n.choiceType] {
+			return out // e.g. Observation.valueQuantity for value-concept
+		}
 		if s, ok := n.v.(string); ok && sp.CodeSystem != "" {
 			return append(out, Value{Code: s, System: sp.CodeSystem, HasSystem: true})
 		}
@@ -202,7 +209,9 @@ func appendTokens(out []Value, n node) []Value {
 		if _, ok := v["value"]; ok { // Identifier or ContactPoint
 			val, _ := v["value"].(string)
 			sys, hasSys := v["system"].(string)
-			if _, isCP := v["use"]; isCP || isContactSystem(sys) {
+			// Identifier has a use too, so only the system (a
+			// contact-point-system code, not a URI) tells them apart.
+			if isContactSystem(sys) {
 				// ContactPoint: system is a code (phone, email), not a URI.
 				return append(out, Value{Code: val})
 			}
@@ -217,6 +226,28 @@ func appendTokens(out []Value, n node) []Value {
 		}
 	}
 	return out
+}
+
+// choiceTypes are the R4 data type names a choice element [x] may end in;
+// any other suffix is a different element ("outcomeDesc" is not "outcome").
+var choiceTypes = map[string]bool{
+	"Base64Binary": true, "Boolean": true, "Canonical": true, "Code": true, "Date": true, "DateTime": true,
+	"Decimal": true, "Id": true, "Instant": true, "Integer": true, "Markdown": true, "Oid": true,
+	"PositiveInt": true, "String": true, "Time": true, "UnsignedInt": true, "Uri": true, "Url": true,
+	"Uuid": true, "Address": true, "Age": true, "Annotation": true, "Attachment": true,
+	"CodeableConcept": true, "Coding": true, "ContactPoint": true, "Count": true, "Distance": true,
+	"Duration": true, "HumanName": true, "Identifier": true, "Money": true, "Period": true,
+	"Quantity": true, "Range": true, "Ratio": true, "Reference": true, "SampledData": true,
+	"Signature": true, "Timing": true, "ContactDetail": true, "Contributor": true,
+	"DataRequirement": true, "Expression": true, "ParameterDefinition": true, "RelatedArtifact": true,
+	"TriggerDefinition": true, "UsageContext": true, "Dosage": true, "Meta": true,
+}
+
+// tokenChoiceTypes are the choice types a token parameter takes values
+// from (R4 search.html, token).
+var tokenChoiceTypes = map[string]bool{
+	"Boolean": true, "Code": true, "CodeableConcept": true, "Coding": true, "ContactPoint": true,
+	"Identifier": true, "String": true, "Uri": true, "Canonical": true, "Id": true,
 }
 
 func isContactSystem(s string) bool {

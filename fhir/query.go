@@ -2,6 +2,7 @@ package fhir
 
 import (
 	"math"
+	"math/big"
 	"net/url"
 	"sort"
 	"strconv"
@@ -251,30 +252,59 @@ func modifierOK(t ParamType, mod string) bool {
 	return false
 }
 
-// splitValues splits on unescaped commas and unescapes "\,", "\|", "\$", "\\".
+// splitValues splits on commas not escaped with a backslash. The parts
+// keep their escapes: parseValue splits tokens and quantities on unescaped
+// '|' first, then unescapes (R4 search.html#escaping).
 func splitValues(s string) []string {
 	var out []string
-	var cur strings.Builder
+	start := 0
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if c == '\\' && i+1 < len(s) && s[i+1] == ',' {
-			cur.WriteByte(',')
-			i++
-			continue
-		}
-		if c == ',' {
-			if cur.Len() > 0 {
-				out = append(out, cur.String())
+		switch s[i] {
+		case '\\':
+			i++ // the escaped character
+		case ',':
+			if i > start {
+				out = append(out, s[start:i])
 			}
-			cur.Reset()
-			continue
+			start = i + 1
 		}
-		cur.WriteByte(c)
 	}
-	if cur.Len() > 0 {
-		out = append(out, cur.String())
+	if start < len(s) {
+		out = append(out, s[start:])
 	}
 	return out
+}
+
+// unescape removes the backslash of "\,", "\|", "\$" and "\\".
+func unescape(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+1 < len(s) && strings.IndexByte(`,|$\`, s[i+1]) >= 0 {
+			i++
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// splitPipes splits s on '|' not escaped with a backslash, into at most n
+// parts, and unescapes them.
+func splitPipes(s string, n int) []string {
+	var out []string
+	start := 0
+	for i := 0; i < len(s) && len(out) < n-1; i++ {
+		switch s[i] {
+		case '\\':
+			i++
+		case '|':
+			out = append(out, unescape(s[start:i]))
+			start = i + 1
+		}
+	}
+	return append(out, unescape(s[start:]))
 }
 
 type valueErr string
@@ -293,14 +323,16 @@ func splitPrefix(s string) (string, string) {
 }
 
 func parseValue(sp *SearchParam, mod, raw, base string) (QValue, error) {
+	esc := raw
+	raw = unescape(raw)
 	v := QValue{Raw: raw}
 	switch sp.Type {
 	case TypeToken:
 		if mod == "text" {
 			return v, nil
 		}
-		if i := strings.IndexByte(raw, '|'); i >= 0 {
-			v.System, v.Code = raw[:i], raw[i+1:]
+		if parts := splitPipes(esc, 2); len(parts) == 2 {
+			v.System, v.Code = parts[0], parts[1]
 			switch {
 			case v.System == "" && v.Code == "":
 				return v, valueErr("empty token")
@@ -324,7 +356,8 @@ func parseValue(sp *SearchParam, mod, raw, base string) (QValue, error) {
 		v.Prefix, raw = splitPrefix(raw)
 		numStr := raw
 		if sp.Type == TypeQuantity {
-			parts := strings.SplitN(raw, "|", 3)
+			_, esc = splitPrefix(esc)
+			parts := splitPipes(esc, 3)
 			numStr = parts[0]
 			if len(parts) == 3 {
 				v.UnitSys, v.UnitCode = parts[1], parts[2]
@@ -338,14 +371,23 @@ func parseValue(sp *SearchParam, mod, raw, base string) (QValue, error) {
 		}
 		v.Num = f
 		half := 0.5
+		decimals := 0
 		if i := strings.IndexAny(numStr, "eE"); i < 0 {
 			if j := strings.IndexByte(numStr, '.'); j >= 0 {
-				half = roundHalf(len(numStr) - j - 1)
+				decimals = len(numStr) - j - 1
+				half = roundHalf(decimals)
 			}
 		} else {
 			half = math.Abs(f) * 1e-9
 		}
 		v.NumLo, v.NumHi = f-half, f+half
+		// Bounds in exact decimal arithmetic, then rounded once: f-half
+		// in floating point puts 5.35 outside [5.35, 5.45) for "5.4".
+		if r, ok := new(big.Rat).SetString(numStr); ok && !strings.ContainsAny(numStr, "eE") {
+			h := new(big.Rat).SetFrac(big.NewInt(5), new(big.Int).Exp(big.NewInt(10), big.NewInt(int64(decimals+1)), nil))
+			v.NumLo, _ = new(big.Rat).Sub(r, h).Float64()
+			v.NumHi, _ = new(big.Rat).Add(r, h).Float64()
+		}
 	case TypeReference:
 		if IsResourceType(mod) {
 			raw = mod + "/" + raw
@@ -387,6 +429,11 @@ func (q *Query) Candidates() [][]Term {
 
 func termFor(c Clause, v QValue) (Term, bool) {
 	t := Term{Param: c.Name}
+	// :missing has no term to look up, and _lastUpdated is not indexed
+	// (IndexTerms skips it).
+	if c.Modifier == "missing" || c.Name == ParamLastUpdated {
+		return t, false
+	}
 	if c.Name == ParamID {
 		if c.Modifier != "" {
 			return t, false
@@ -562,11 +609,15 @@ func (c Clause) valueMatch(qv QValue, v Value) bool {
 		if !v.HasNum {
 			return false
 		}
-		if qv.UnitCode != "" {
-			if v.UCode != qv.UnitCode && v.Unit != qv.UnitCode {
+		switch {
+		case qv.UnitSys != "" && qv.UnitCode != "":
+			// number|system|code: Quantity.system and Quantity.code.
+			if v.UnitSys != qv.UnitSys || v.UCode != qv.UnitCode {
 				return false
 			}
-			if qv.UnitSys != "" && v.UnitSys != qv.UnitSys {
+		case qv.UnitCode != "":
+			// number||code: Quantity.code or Quantity.unit.
+			if v.UCode != qv.UnitCode && v.Unit != qv.UnitCode {
 				return false
 			}
 		}
@@ -652,7 +703,8 @@ func SortValue(doc map[string]any, k SortKey, base string) string {
 		m, _ := doc["meta"].(map[string]any)
 		s, _ := m["lastUpdated"].(string)
 		if lo, _, ok := ParseDate(s); ok {
-			return lo.Format(time.RFC3339Nano)
+			// Fixed width, so that string order is time order.
+			return lo.Format("2006-01-02T15:04:05.000000000")
 		}
 		return ""
 	}

@@ -126,12 +126,14 @@ func (s *Server) write(r *http.Request, res *fhir.Resource, k store.Key, v int64
 	if err != nil {
 		return store.Record{}, err
 	}
-	rec := store.Record{Type: k.Type, ID: k.ID, Version: v, Updated: now, Body: body, Terms: s.terms(res)}
+	rec := store.Record{Type: k.Type, ID: k.ID, Version: v, Updated: now, Body: body, Terms: s.terms(res, s.base(r))}
 	return rec, s.store.Put(r.Context(), rec, opts)
 }
 
-func (s *Server) terms(res *fhir.Resource) []store.Term {
-	ts := fhir.IndexTerms(res.Doc, s.params[res.Type], s.cfg.BaseURL)
+// terms indexes res. Absolute references under base count as local; set
+// Config.BaseURL so that every request indexes with the same base.
+func (s *Server) terms(res *fhir.Resource, base string) []store.Term {
+	ts := fhir.IndexTerms(res.Doc, s.params[res.Type], base)
 	out := make([]store.Term, len(ts))
 	for i, t := range ts {
 		out[i] = store.Term{Param: t.Param, Value: t.Value, Ordered: t.Ordered}

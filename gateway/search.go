@@ -202,35 +202,21 @@ func sortHits(hits []hit, q *fhir.Query, base string) {
 }
 
 func (s *Server) addIncludes(r *http.Request, b *bundle, q *fhir.Query, page []hit, seen map[string]bool, base string) error {
-	ctx := r.Context()
-	for _, inc := range q.Include {
-		sp := s.params[inc.Source][inc.Param]
-		for _, h := range page {
-			if h.rec.Type != inc.Source {
+	// _include applies to the page; _include:iterate also to what it
+	// included, round after round (R4 search.html#include).
+	src := page
+	for round := 0; len(src) > 0 && round < maxIncludeRounds; round++ {
+		var added []hit
+		for _, inc := range q.Include {
+			if round > 0 && !inc.Iterate {
 				continue
 			}
-			for _, v := range fhir.Extract(h.doc, sp, base) {
-				if v.RefType == "" || (inc.Target != "" && v.RefType != inc.Target) {
-					continue
-				}
-				key := v.RefType + "/" + v.RefID
-				if seen[key] {
-					continue
-				}
-				rec, err := s.store.Get(ctx, store.Key{Type: v.RefType, ID: v.RefID})
-				if errors.Is(err, store.ErrNotFound) {
-					continue
-				}
-				if err != nil {
-					return err
-				}
-				if rec.Deleted {
-					continue
-				}
-				seen[key] = true
-				b.entry(base, rec, "include")
+			var err error
+			if added, err = s.include(r, b, inc, src, seen, base, added); err != nil {
+				return err
 			}
 		}
+		src = added
 	}
 	for _, inc := range q.RevInclude {
 		for _, h := range page {
@@ -256,6 +242,47 @@ func (s *Server) addIncludes(r *http.Request, b *bundle, q *fhir.Query, page []h
 		}
 	}
 	return nil
+}
+
+// maxIncludeRounds bounds _include:iterate.
+const maxIncludeRounds = 8
+
+// include adds the resources inc references from src to b, and appends
+// them to added.
+func (s *Server) include(r *http.Request, b *bundle, inc fhir.Include, src []hit, seen map[string]bool, base string, added []hit) ([]hit, error) {
+	sp := s.params[inc.Source][inc.Param]
+	for _, h := range src {
+		if h.rec.Type != inc.Source {
+			continue
+		}
+		for _, v := range fhir.Extract(h.doc, sp, base) {
+			if v.RefType == "" || (inc.Target != "" && v.RefType != inc.Target) {
+				continue
+			}
+			key := v.RefType + "/" + v.RefID
+			if seen[key] {
+				continue
+			}
+			rec, err := s.store.Get(r.Context(), store.Key{Type: v.RefType, ID: v.RefID})
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return added, err
+			}
+			if rec.Deleted {
+				continue
+			}
+			doc, err := fhir.DecodeStored(rec.Body)
+			if err != nil {
+				return added, err
+			}
+			seen[key] = true
+			b.entry(base, rec, "include")
+			added = append(added, hit{rec: rec, doc: doc})
+		}
+	}
+	return added, nil
 }
 
 func (s *Server) typeHistory(w http.ResponseWriter, r *http.Request) error {
