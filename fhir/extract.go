@@ -5,6 +5,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 
@@ -292,16 +293,35 @@ func appendStrings(out []Value, v any) []Value {
 	return out
 }
 
-var stripMarks = transform.Chain(norm.NFD, runes.Remove(runes.In(unicode.Mn)), norm.NFC)
+// stripMarks transformers are stateful, so each call takes its own.
+var stripMarks = sync.Pool{New: func() any {
+	return transform.Chain(norm.NFD, runes.Remove(runes.In(unicode.Mn)), norm.NFC)
+}}
 
 // NormalizeString folds case and accents and collapses white space, as
-// R4 string search requires ("Müller" matches "muller").
+// R4 string search requires ("Müller" matches "muller"). It is safe for
+// concurrent use.
 func NormalizeString(s string) string {
-	out, _, err := transform.String(stripMarks, s)
-	if err != nil {
-		out = s
+	out := s
+	if !isASCII(s) {
+		t := stripMarks.Get().(transform.Transformer)
+		var err error
+		out, _, err = transform.String(t, s)
+		stripMarks.Put(t)
+		if err != nil {
+			out = s
+		}
 	}
 	return strings.Join(strings.Fields(strings.ToLower(out)), " ")
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // ParseReference parses a reference string into a local type/id or, for

@@ -2,6 +2,7 @@ package fhir_test
 
 import (
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
@@ -215,4 +216,21 @@ func TestDeceasedDateTimeIsTrue(t *testing.T) {
 	if len(got) != 1 || got[0].Code != "true" {
 		t.Errorf("Extract(deceased) = %+v, want one value true", got)
 	}
+}
+
+func TestNormalizeStringConcurrent(t *testing.T) {
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < 200; j++ {
+				if got := fhir.NormalizeString("  Müller  Çelik "); got != "muller celik" {
+					t.Errorf("NormalizeString = %q", got)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

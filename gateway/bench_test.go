@@ -56,8 +56,8 @@ func (m *memStore) History(context.Context, store.HistoryQuery) ([]store.Record,
 	return nil, 0, nil
 }
 func (m *memStore) Search(context.Context, store.Query) ([]string, error) { return nil, nil }
-func (m *memStore) Ping(context.Context) error                           { return nil }
-func (m *memStore) Close() error                                         { return nil }
+func (m *memStore) Ping(context.Context) error                            { return nil }
+func (m *memStore) Close() error                                          { return nil }
 
 func benchBody(b *testing.B) []byte {
 	body, err := os.ReadFile("../testdata/conformance/r4-examples/Patient-example.json")

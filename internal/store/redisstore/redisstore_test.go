@@ -3,10 +3,10 @@ package redisstore_test
 import (
 	"bytes"
 	"context"
-	"log/slog"
-	"strings"
 	"fmt"
+	"log/slog"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 
