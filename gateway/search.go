@@ -91,18 +91,16 @@ func (s *Server) search(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	hits, err := s.matches(r, q)
-	if err != nil {
-		return err
-	}
-	sortHits(hits, q, base)
-	total := len(hits)
 	count := q.Count
 	if _, set := vals["_count"]; !set {
 		count = defaultCount
 	}
 	if count > maxCount {
 		count = maxCount
+	}
+	hits, total, err := s.page(r, q, count)
+	if err != nil {
+		return err
 	}
 	b := newBundle("searchset", s.now())
 	if q.Total != "none" {
@@ -127,9 +125,7 @@ func (s *Server) search(w http.ResponseWriter, r *http.Request) error {
 	if count > 0 && total > 0 {
 		b.link("last", s.pageURL(base, t, q, ((total-1)/count)*count, count))
 	}
-	start := min(q.Offset, total)
-	end := min(start+count, total)
-	page := hits[start:end]
+	page := hits
 	seen := map[string]bool{}
 	for _, h := range page {
 		seen[h.rec.Type+"/"+h.rec.ID] = true
@@ -157,6 +153,50 @@ func (s *Server) pageURL(base, t string, q *fhir.Query, offset, count int) strin
 		v.Set("_offset", strconv.Itoa(offset))
 	}
 	return base + "/" + t + "?" + v.Encode()
+}
+
+// page returns one page of matches and the total. When the store's index
+// answers the query exactly and no _sort is asked for, only the page's
+// resources are read; otherwise every candidate is read, checked and
+// sorted.
+func (s *Server) page(r *http.Request, q *fhir.Query, count int) ([]hit, int, error) {
+	if q.Exact() && len(q.Sort) == 0 && len(q.Clauses) > 0 {
+		ids, err := s.store.Search(r.Context(), *toStoreQuery(q))
+		if err != nil {
+			return nil, 0, err
+		}
+		start := min(q.Offset, len(ids))
+		end := min(start+count, len(ids))
+		var out []hit
+		for _, id := range ids[start:end] {
+			rec, err := s.store.Get(r.Context(), store.Key{Type: q.Type, ID: id})
+			if errors.Is(err, store.ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, 0, err
+			}
+			if rec.Deleted {
+				continue
+			}
+			var doc map[string]any
+			if len(q.Include) > 0 {
+				if doc, err = fhir.DecodeStored(rec.Body); err != nil {
+					return nil, 0, err
+				}
+			}
+			out = append(out, hit{rec: rec, doc: doc})
+		}
+		return out, len(ids), nil
+	}
+	hits, err := s.matches(r, q)
+	if err != nil {
+		return nil, 0, err
+	}
+	sortHits(hits, q, s.base(r))
+	start := min(q.Offset, len(hits))
+	end := min(start+count, len(hits))
+	return hits[start:end], len(hits), nil
 }
 
 // sortHits orders hits by the _sort keys, then by id, so pages are stable.

@@ -56,6 +56,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: open: %w", err)
 	}
+	db.MaxBatchDelay = 2 * time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bCurrent, bVersion, bHistory, bIndex, bLive} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -99,7 +100,10 @@ func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	// db.Batch coalesces concurrent writers into one transaction and one
+	// fsync; a function that fails is re-run alone, so each Put still
+	// commits or fails on its own.
+	return s.db.Batch(func(tx *bolt.Tx) error {
 		cur := tx.Bucket(bCurrent)
 		ck := key(r.Type, r.ID)
 		var curVer int64

@@ -37,6 +37,14 @@ var putLua string
 
 var putScript = redis.NewScript(putLua)
 
+// getScript reads the current version number and its value in one round
+// trip.
+var getScript = redis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], 'cur')
+if not cur then return false end
+return {cur, redis.call('HGET', KEYS[1], 'v:' .. cur), redis.call('HGET', KEYS[1], 't')}
+`)
+
 // Config configures a Store.
 type Config struct {
 	// URL is a redis:// or rediss:// URL. Addrs, if set, are Cluster seed
@@ -168,24 +176,29 @@ func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) 
 
 // Get implements store.Store.
 func (s *Store) Get(ctx context.Context, k store.Key) (store.Record, error) {
-	rk := s.resKey(k.Type, k.ID)
-	vals, err := s.rdb.HMGet(ctx, rk, "cur", "t").Result()
-	if err != nil {
-		return store.Record{}, fmt.Errorf("redisstore: get: %w", err)
+	rec := store.Record{Type: k.Type, ID: k.ID}
+	res, err := getScript.Run(ctx, s.rdb, []string{s.resKey(k.Type, k.ID)}).Slice()
+	if errors.Is(err, redis.Nil) {
+		return rec, store.ErrNotFound
 	}
-	c, ok := vals[0].(string)
-	if !ok {
-		return store.Record{}, store.ErrNotFound
-	}
-	// The version value is read in a second step; a concurrent writer can
-	// only add versions, so version c is still there.
-	v, _ := strconv.ParseInt(c, 10, 64)
-	rec, err := s.GetVersion(ctx, k, v)
 	if err != nil {
+		return rec, fmt.Errorf("redisstore: get: %w", err)
+	}
+	if len(res) < 2 {
+		return rec, fmt.Errorf("redisstore: get: unexpected reply")
+	}
+	cur, _ := res[0].(string)
+	val, _ := res[1].(string)
+	if rec.Version, err = strconv.ParseInt(cur, 10, 64); err != nil {
+		return rec, fmt.Errorf("redisstore: get: corrupt version")
+	}
+	if err := store.DecodeVersion([]byte(val), &rec); err != nil {
 		return rec, err
 	}
-	if t, ok := vals[1].(string); ok {
-		rec.Terms, err = store.DecodeTerms([]byte(t))
+	if len(res) > 2 {
+		if t, ok := res[2].(string); ok {
+			rec.Terms, err = store.DecodeTerms([]byte(t))
+		}
 	}
 	return rec, err
 }
