@@ -52,7 +52,14 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if t == 0 {
 		t = 5 * time.Second
 	}
-	db, err := bolt.Open(filepath.Join(cfg.Dir, "fhirgate.db"), 0o600, &bolt.Options{Timeout: t})
+	db, err := bolt.Open(filepath.Join(cfg.Dir, "fhirgate.db"), 0o600, &bolt.Options{
+		Timeout: t,
+		// Avoid remapping the file (which blocks every transaction) while it
+		// grows, and keep the freelist out of each commit's fsync.
+		InitialMmapSize: 256 << 20,
+		NoFreelistSync:  true,
+		FreelistType:    bolt.FreelistMapType,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: open: %w", err)
 	}
