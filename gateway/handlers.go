@@ -428,18 +428,25 @@ func (s *Server) updateResource(w http.ResponseWriter, r *http.Request, res *fhi
 	return store.ErrConflict
 }
 
-func (s *Server) conditionalUpdate(w http.ResponseWriter, r *http.Request) error {
+// conditionalQuery parses the search criteria of a conditional update or
+// delete on a type (PUT/DELETE /{type}?criteria).
+func (s *Server) conditionalQuery(r *http.Request) (*fhir.Query, error) {
 	t, err := s.resourceType(r)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if r.URL.RawQuery == "" {
-		return httpErr(http.StatusMethodNotAllowed, fhir.CodeNotSupported, "PUT on a type needs search criteria (conditional update)")
+		return nil, httpErr(http.StatusMethodNotAllowed, fhir.CodeNotSupported, r.Method+" on a type needs search criteria (a conditional "+strings.ToLower(r.Method)+")")
 	}
-	q, err := fhir.ParseQuery(t, r.URL.Query(), s.params, s.base(r), false)
+	return fhir.ParseQuery(t, r.URL.Query(), s.params, s.base(r), false)
+}
+
+func (s *Server) conditionalUpdate(w http.ResponseWriter, r *http.Request) error {
+	q, err := s.conditionalQuery(r)
 	if err != nil {
 		return err
 	}
+	t := q.Type
 	res, err := s.readBody(w, r, t)
 	if err != nil {
 		return err
@@ -508,17 +515,11 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request, k store.Key) 
 }
 
 func (s *Server) conditionalDelete(w http.ResponseWriter, r *http.Request) error {
-	t, err := s.resourceType(r)
+	q, err := s.conditionalQuery(r)
 	if err != nil {
 		return err
 	}
-	if r.URL.RawQuery == "" {
-		return httpErr(http.StatusMethodNotAllowed, fhir.CodeNotSupported, "DELETE on a type needs search criteria (conditional delete)")
-	}
-	q, err := fhir.ParseQuery(t, r.URL.Query(), s.params, s.base(r), false)
-	if err != nil {
-		return err
-	}
+	t := q.Type
 	ids, err := s.matchIDs(r, q)
 	if err != nil {
 		return err

@@ -43,10 +43,26 @@ func (s *Server) matches(r *http.Request, q *fhir.Query) ([]hit, error) {
 	if err != nil {
 		return nil, err
 	}
+	all, err := s.load(r, q.Type, ids, true)
+	if err != nil {
+		return nil, err
+	}
 	base := s.base(r)
+	out := all[:0]
+	for _, h := range all {
+		if q.Matches(h.doc, base) {
+			out = append(out, h)
+		}
+	}
+	return out, nil
+}
+
+// load reads the current versions of ids, skipping any deleted or gone
+// since the index lookup, and decodes them when decode is set.
+func (s *Server) load(r *http.Request, typ string, ids []string, decode bool) ([]hit, error) {
 	out := make([]hit, 0, len(ids))
 	for _, id := range ids {
-		rec, err := s.store.Get(ctx, store.Key{Type: q.Type, ID: id})
+		rec, err := s.store.Get(r.Context(), store.Key{Type: typ, ID: id})
 		if errors.Is(err, store.ErrNotFound) {
 			continue
 		}
@@ -56,13 +72,13 @@ func (s *Server) matches(r *http.Request, q *fhir.Query) ([]hit, error) {
 		if rec.Deleted {
 			continue
 		}
-		doc, err := fhir.DecodeStored(rec.Body)
-		if err != nil {
-			return nil, err
+		h := hit{rec: rec}
+		if decode {
+			if h.doc, err = fhir.DecodeStored(rec.Body); err != nil {
+				return nil, err
+			}
 		}
-		if q.Matches(doc, base) {
-			out = append(out, hit{rec: rec, doc: doc})
-		}
+		out = append(out, h)
 	}
 	return out, nil
 }
@@ -167,25 +183,9 @@ func (s *Server) page(r *http.Request, q *fhir.Query, count int) ([]hit, int, er
 		}
 		start := min(q.Offset, len(ids))
 		end := min(start+count, len(ids))
-		var out []hit
-		for _, id := range ids[start:end] {
-			rec, err := s.store.Get(r.Context(), store.Key{Type: q.Type, ID: id})
-			if errors.Is(err, store.ErrNotFound) {
-				continue
-			}
-			if err != nil {
-				return nil, 0, err
-			}
-			if rec.Deleted {
-				continue
-			}
-			var doc map[string]any
-			if len(q.Include) > 0 {
-				if doc, err = fhir.DecodeStored(rec.Body); err != nil {
-					return nil, 0, err
-				}
-			}
-			out = append(out, hit{rec: rec, doc: doc})
+		out, err := s.load(r, q.Type, ids[start:end], len(q.Include) > 0)
+		if err != nil {
+			return nil, 0, err
 		}
 		return out, len(ids), nil
 	}
