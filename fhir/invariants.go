@@ -92,7 +92,6 @@ func bundleInvariants(doc map[string]any) []Issue {
 		}
 		rels[rel] = true
 	}
-	type seen struct{ version string }
 	full := map[string][]string{}
 	entries, _ := doc["entry"].([]any)
 	for i, e := range entries {

@@ -142,7 +142,7 @@ var bom = []byte{0xEF, 0xBB, 0xBF}
 // ParseOptions tunes validation.
 type ParseOptions struct {
 	// StrictReferenceTypes rejects references whose target type R4 does not
-	// allow at that element. Off, they are reported as warnings: several
+	// allow at that element (status 422). Off, they are reported as warnings: several
 	// official R4 examples (e.g. Observation-clinical-gender) break this rule,
 	// and EHRs send such data.
 	StrictReferenceTypes bool
@@ -182,9 +182,15 @@ func Parse(body []byte, opts ParseOptions) (*Resource, error) {
 		return nil, &Error{Status: 400, Issues: append(c.issues, issuesFromError(err)...)}
 	}
 	var errs, warnings []Issue
+	status := 400
 	for _, is := range c.issues {
-		if is.refType && !opts.StrictReferenceTypes {
-			is.Severity = SeverityWarning
+		if is.refType {
+			if !opts.StrictReferenceTypes {
+				is.Severity = SeverityWarning
+			} else {
+				// Well-formed but unprocessable: 422, as for unresolvable references.
+				status = 422
+			}
 		}
 		if is.Severity == SeverityError {
 			errs = append(errs, is)
@@ -200,7 +206,7 @@ func Parse(body []byte, opts ParseOptions) (*Resource, error) {
 	errs = append(errs, checkJSONRules(rt, doc)...)
 	errs = append(errs, checkInvariants(rt, doc)...)
 	if len(errs) > 0 {
-		return nil, &Error{Status: 400, Issues: errs}
+		return nil, &Error{Status: status, Issues: errs}
 	}
 	r := &Resource{Type: rt, Doc: doc, Msg: msg, Warnings: warnings, fields: fields}
 	if id, ok := doc["id"].(string); ok {

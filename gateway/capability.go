@@ -7,67 +7,71 @@ import (
 	"github.com/fhirgate/fhirgate/fhir"
 )
 
-// capabilityStatement is generated from the registry: the resource types
-// fhir.ResourceTypes reports, the interactions routes() registers, and the
-// search parameters in s.params.
-func (s *Server) capabilityStatement(base string) []byte {
-	type param struct {
-		Name          string `json:"name"`
-		Type          string `json:"type"`
-		Documentation string `json:"documentation,omitempty"`
-	}
-	type interaction struct {
-		Code string `json:"code"`
-	}
-	type resource struct {
-		Type              string        `json:"type"`
-		Interaction       []interaction `json:"interaction"`
-		Versioning        string        `json:"versioning"`
-		ReadHistory       bool          `json:"readHistory"`
-		UpdateCreate      bool          `json:"updateCreate"`
-		ConditionalCreate bool          `json:"conditionalCreate"`
-		ConditionalRead   string        `json:"conditionalRead"`
-		ConditionalUpdate bool          `json:"conditionalUpdate"`
-		ConditionalDelete string        `json:"conditionalDelete"`
-		SearchInclude     []string      `json:"searchInclude,omitempty"`
-		SearchRevInclude  []string      `json:"searchRevInclude,omitempty"`
-		SearchParam       []param       `json:"searchParam"`
-	}
-	var resources []resource
-	var refParams = map[string][]string{} // target-independent: Type:param for reference params
+type capabilityParam struct {
+	Name          string `json:"name"`
+	Type          string `json:"type"`
+	Documentation string `json:"documentation,omitempty"`
+}
+
+type capabilityInteraction struct {
+	Code string `json:"code"`
+}
+
+type capabilityResource struct {
+	Type              string                  `json:"type"`
+	Interaction       []capabilityInteraction `json:"interaction"`
+	Versioning        string                  `json:"versioning"`
+	ReadHistory       bool                    `json:"readHistory"`
+	UpdateCreate      bool                    `json:"updateCreate"`
+	ConditionalCreate bool                    `json:"conditionalCreate"`
+	ConditionalRead   string                  `json:"conditionalRead"`
+	ConditionalUpdate bool                    `json:"conditionalUpdate"`
+	ConditionalDelete string                  `json:"conditionalDelete"`
+	SearchInclude     []string                `json:"searchInclude,omitempty"`
+	SearchRevInclude  []string                `json:"searchRevInclude,omitempty"`
+	SearchParam       []capabilityParam       `json:"searchParam"`
+}
+
+// interactions are the type- and instance-level interactions routes()
+// registers for every resource type.
+var interactions = []string{"read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"}
+
+// capabilityResources generates the rest.resource list from the registry:
+// every type fhir.ResourceTypes reports, with its search parameters; a
+// type's reference parameters are its _include values, and the
+// patient/subject parameters of every type are Patient's _revinclude values.
+func capabilityResources(params fhir.Params) []capabilityResource {
+	var out []capabilityResource
+	var patientRevIncludes []string
 	for _, t := range fhir.ResourceTypes() {
-		for _, sp := range s.params.Sorted(t) {
-			if sp.Type == fhir.TypeReference {
-				refParams[t] = append(refParams[t], t+":"+sp.Name)
-			}
-		}
-	}
-	var allRefs []string
-	for _, t := range fhir.ResourceTypes() {
-		allRefs = append(allRefs, refParams[t]...)
-	}
-	for _, t := range fhir.ResourceTypes() {
-		rs := resource{
+		rs := capabilityResource{
 			Type: t, Versioning: "versioned", ReadHistory: true, UpdateCreate: true,
 			ConditionalCreate: true, ConditionalRead: "not-supported", ConditionalUpdate: true, ConditionalDelete: "single",
-			SearchInclude: refParams[t],
 		}
-		for _, code := range []string{"read", "vread", "update", "delete", "history-instance", "history-type", "create", "search-type"} {
-			rs.Interaction = append(rs.Interaction, interaction{code})
+		for _, code := range interactions {
+			rs.Interaction = append(rs.Interaction, capabilityInteraction{code})
 		}
-		for _, sp := range s.params.Sorted(t) {
-			rs.SearchParam = append(rs.SearchParam, param{Name: sp.Name, Type: string(sp.Type), Documentation: sp.Description})
-		}
-		for _, other := range fhir.ResourceTypes() {
-			for _, sp := range s.params.Sorted(other) {
-				if sp.Type == fhir.TypeReference && (sp.Name == "patient" || sp.Name == "subject") && t == "Patient" {
-					rs.SearchRevInclude = append(rs.SearchRevInclude, other+":"+sp.Name)
-				}
+		for _, sp := range params.Sorted(t) {
+			rs.SearchParam = append(rs.SearchParam, capabilityParam{Name: sp.Name, Type: string(sp.Type), Documentation: sp.Description})
+			if sp.Type != fhir.TypeReference {
+				continue
+			}
+			rs.SearchInclude = append(rs.SearchInclude, t+":"+sp.Name)
+			if sp.Name == "patient" || sp.Name == "subject" {
+				patientRevIncludes = append(patientRevIncludes, t+":"+sp.Name)
 			}
 		}
-		resources = append(resources, rs)
+		out = append(out, rs)
 	}
-	_ = allRefs
+	for i := range out {
+		if out[i].Type == "Patient" {
+			out[i].SearchRevInclude = patientRevIncludes
+		}
+	}
+	return out
+}
+
+func (s *Server) metadata(w http.ResponseWriter, r *http.Request) error {
 	cs := map[string]any{
 		"resourceType": "CapabilityStatement",
 		"status":       "active",
@@ -77,14 +81,14 @@ func (s *Server) capabilityStatement(base string) []byte {
 		"software":     map[string]any{"name": "fhirgate", "version": s.cfg.Version},
 		"implementation": map[string]any{
 			"description": "fhirgate FHIR R4 gateway",
-			"url":         base,
+			"url":         s.base(r),
 		},
 		"fhirVersion": "4.0.1",
 		"format":      []string{"application/fhir+json", "json"},
 		"rest": []any{map[string]any{
 			"mode":     "server",
-			"resource": resources,
-			"searchParam": []param{
+			"resource": s.capa,
+			"searchParam": []capabilityParam{
 				{Name: "_id", Type: "token"}, {Name: "_lastUpdated", Type: "date"},
 				{Name: "_count", Type: "number"}, {Name: "_sort", Type: "string"},
 				{Name: "_include", Type: "string"}, {Name: "_revinclude", Type: "string"},
@@ -92,12 +96,11 @@ func (s *Server) capabilityStatement(base string) []byte {
 			},
 		}},
 	}
-	b, _ := json.Marshal(cs)
-	return b
-}
-
-func (s *Server) metadata(w http.ResponseWriter, r *http.Request) error {
+	b, err := json.Marshal(cs)
+	if err != nil {
+		return err
+	}
 	w.Header().Set("Content-Type", contentTypeFHIR)
-	w.Write(s.capabilityStatement(s.base(r)))
+	w.Write(b)
 	return nil
 }

@@ -55,14 +55,6 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, t string) (*fh
 	}
 	res, err := fhir.Parse(body, fhir.ParseOptions{StrictReferenceTypes: s.cfg.EnforceReferences})
 	if err != nil {
-		var fe *fhir.Error
-		if errors.As(err, &fe) && s.cfg.EnforceReferences {
-			for _, is := range fe.Issues {
-				if is.Code == fhir.CodeInvalid && strings.HasPrefix(is.Details, "invalid reference to a ") {
-					fe.Status = http.StatusUnprocessableEntity
-				}
-			}
-		}
 		return nil, err
 	}
 	if res.Type != t {

@@ -372,10 +372,7 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request, hq store.Histor
 			}
 		}
 	}
-	hq.Count = count
-	if count == 0 {
-		hq.Count = -1
-	}
+	hq.Count = max(count, 1) // _count=0 asks for the total only
 	recs, total, err := s.store.History(r.Context(), hq)
 	if err != nil {
 		return err

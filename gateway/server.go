@@ -53,8 +53,8 @@ type Server struct {
 	log    *slog.Logger
 	now    func() time.Time
 	router *mux.Router
-	capa   []byte
-	ready  func(context.Context) error
+	// capa is the CapabilityStatement's rest.resource list, built once.
+	capa []capabilityResource
 }
 
 // New returns a Server.
@@ -73,6 +73,7 @@ func New(cfg Config) *Server {
 		s.cfg.MaxBody = DefaultMaxBody
 	}
 	s.cfg.BaseURL = strings.TrimSuffix(s.cfg.BaseURL, "/")
+	s.capa = capabilityResources(s.params)
 	s.routes()
 	return s
 }

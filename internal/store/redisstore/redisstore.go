@@ -26,7 +26,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/fhirgate/fhirgate/internal/store"
 	"github.com/redis/go-redis/v9"
@@ -333,5 +332,3 @@ func (s *Store) Close() error { return s.rdb.Close() }
 
 // Client returns the underlying client (for tests and operational tools).
 func (s *Store) Client() redis.UniversalClient { return s.rdb }
-
-var _ = time.Second
