@@ -33,7 +33,8 @@ redis-server --port "$RP" --bind 127.0.0.1 --dir "$WORK" --save "" --appendonly 
 PIDS+=($!)
 for _ in $(seq 1 100); do redis-cli -p "$RP" ping >/dev/null 2>&1 && break; sleep 0.1; done
 A=$(free_port)
-"$BIN" serve --addr "127.0.0.1:$A" --redis-url "redis://127.0.0.1:$RP/0" --log-level warn &
+"$BIN" keys init --kek-file "$WORK/kek.keys" >/dev/null
+"$BIN" serve --addr "127.0.0.1:$A" --redis-url "redis://127.0.0.1:$RP/0" --kek-file "$WORK/kek.keys" --log-level warn &
 PIDS+=($!)
 wait_ready "127.0.0.1:$A"
 run_all "http://127.0.0.1:$A/fhir" redis

@@ -11,6 +11,7 @@ import (
 	"github.com/fhirgate/fhirgate/internal/store/boltstore"
 	"github.com/fhirgate/fhirgate/internal/store/redisstore"
 	"github.com/fhirgate/fhirgate/internal/store/redisstore/redistest"
+	"github.com/fhirgate/fhirgate/internal/store/sealed/sealedtest"
 )
 
 // run runs every suite against the servers (the first is the base URL,
@@ -50,13 +51,14 @@ func TestConformanceEmbedded(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	run(t, serve(t, st))
+	run(t, serve(t, sealedtest.Wrap(t, st)))
 }
 
 // TestConformanceRedis runs the suites against two gateways, each with its
 // own Redis connection pool, sharing one redis-server.
 func TestConformanceRedis(t *testing.T) {
 	rs := redistest.Start(t)
+	ring := sealedtest.Ring(t)
 	var servers []*httptest.Server
 	for range 2 {
 		st, err := redisstore.New(t.Context(), redisstore.Config{URL: rs.URL()})
@@ -64,7 +66,7 @@ func TestConformanceRedis(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		servers = append(servers, serve(t, st))
+		servers = append(servers, serve(t, sealedtest.WrapRing(t, st, ring)))
 	}
 	run(t, servers...)
 }

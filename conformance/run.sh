@@ -42,9 +42,11 @@ redis-server --port "$RP" --bind 127.0.0.1 --dir "$WORK/redis" --save "" --appen
 PIDS+=($!)
 for _ in $(seq 1 100); do redis-cli -p "$RP" ping >/dev/null 2>&1 && break; sleep 0.1; done
 A=$(free_port); B=$(free_port)
-"$BIN" serve --addr "127.0.0.1:$A" --redis-url "redis://127.0.0.1:$RP/0" >"$WORK/gw-a.log" 2>&1 &
+# Both gateways share one key-encryption key file.
+"$BIN" keys init --kek-file "$WORK/kek.keys" >/dev/null
+"$BIN" serve --addr "127.0.0.1:$A" --redis-url "redis://127.0.0.1:$RP/0" --kek-file "$WORK/kek.keys" >"$WORK/gw-a.log" 2>&1 &
 PIDS+=($!)
-"$BIN" serve --addr "127.0.0.1:$B" --redis-url "redis://127.0.0.1:$RP/0" >"$WORK/gw-b.log" 2>&1 &
+"$BIN" serve --addr "127.0.0.1:$B" --redis-url "redis://127.0.0.1:$RP/0" --kek-file "$WORK/kek.keys" >"$WORK/gw-b.log" 2>&1 &
 PIDS+=($!)
 wait_ready "127.0.0.1:$A"
 wait_ready "127.0.0.1:$B"

@@ -448,7 +448,7 @@ func Terms(sp *SearchParam, v Value) []Term {
 		}
 		return out
 	case TypeString:
-		return []Term{{Value: v.Norm, Ordered: true}}
+		return prefixTerms(v.Norm)
 	case TypeReference:
 		if v.RefType != "" {
 			return []Term{{Value: "r:" + v.RefType + "/" + v.RefID}, {Value: "i:" + v.RefID}}
@@ -488,12 +488,48 @@ func Terms(sp *SearchParam, v Value) []Term {
 	return nil
 }
 
-// Term is one search-index entry of a parameter: Value is looked up
-// exactly, or by prefix when Ordered.
+// Term is one search-index entry of a parameter, looked up exactly. Stores
+// blind terms (see internal/keys), so no lookup is by prefix or range.
 type Term struct {
-	Param   string
-	Value   string
-	Ordered bool
+	Param string
+	Value string
+}
+
+// MaxPrefixRunes bounds the string prefixes indexed: a normalised string
+// value is indexed by each of its prefixes of 1 to MaxPrefixRunes runes,
+// and a longer query string is looked up by its first MaxPrefixRunes runes
+// and the candidates filtered.
+const MaxPrefixRunes = 8
+
+// prefixTerms returns the prefix terms of a normalised string.
+func prefixTerms(norm string) []Term {
+	var out []Term
+	n := 0
+	for i := range norm {
+		if i > 0 {
+			out = append(out, Term{Value: "p:" + norm[:i]})
+			if n++; n == MaxPrefixRunes {
+				return out
+			}
+		}
+	}
+	if norm != "" {
+		out = append(out, Term{Value: "p:" + norm})
+	}
+	return out
+}
+
+// prefixTerm returns the term a string query looks up, and whether the
+// lookup is exact (the query is no longer than MaxPrefixRunes runes).
+func prefixTerm(norm string) (string, bool) {
+	n := 0
+	for i := range norm {
+		if n == MaxPrefixRunes {
+			return "p:" + norm[:i], false
+		}
+		n++
+	}
+	return "p:" + norm, true
 }
 
 // IndexTerms returns every index term of a resource document, deduplicated.

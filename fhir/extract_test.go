@@ -234,3 +234,48 @@ func TestNormalizeStringConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestStringPrefixTerms(t *testing.T) {
+	doc := decode(t, `{"resourceType": "Patient", "id": "p1",
+	  "name": [{"family": "Ó Briain", "given": ["Maximiliano"]}]}`)
+	var got []string
+	for _, term := range fhir.IndexTerms(doc, testParams["Patient"], testBase) {
+		if term.Param == "family" || term.Param == "given" {
+			got = append(got, term.Param+"="+term.Value)
+		}
+	}
+	sort.Strings(got)
+	want := []string{
+		// "o briain" is 8 runes: every prefix, the whole value last.
+		"family=p:o", "family=p:o ", "family=p:o b", "family=p:o br", "family=p:o bri",
+		"family=p:o bria", "family=p:o briai", "family=p:o briain",
+		// "maximiliano" is 11: prefixes up to MaxPrefixRunes only.
+		"given=p:m", "given=p:ma", "given=p:max", "given=p:maxi", "given=p:maxim",
+		"given=p:maximi", "given=p:maximil", "given=p:maximili",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("string prefix terms (-want +got):\n%s", diff)
+	}
+}
+
+func TestOwner(t *testing.T) {
+	tests := []struct {
+		name, typ, id, doc, want string
+	}{
+		{"patient is its own", "Patient", "p1", `{"resourceType": "Patient", "id": "p1"}`, "Patient/p1"},
+		{"observation subject", "Observation", "o1", `{"resourceType": "Observation", "subject": {"reference": "Patient/p2"}}`, "Patient/p2"},
+		{"absolute local reference", "Observation", "o1", `{"resourceType": "Observation", "subject": {"reference": "` + testBase + `/Patient/p3"}}`, "Patient/p3"},
+		{"group subject is tenant", "Observation", "o1", `{"resourceType": "Observation", "subject": {"reference": "Group/g1"}}`, ""},
+		{"first of two patients", "Appointment", "a1", `{"resourceType": "Appointment", "participant": [
+		  {"actor": {"reference": "Practitioner/x"}}, {"actor": {"reference": "Patient/p4"}}, {"actor": {"reference": "Patient/p5"}}]}`, "Patient/p4"},
+		{"subject-only type", "AdverseEvent", "e1", `{"resourceType": "AdverseEvent", "subject": {"reference": "Patient/p6"}}`, "Patient/p6"},
+		{"practitioner is tenant", "Practitioner", "d1", `{"resourceType": "Practitioner"}`, ""},
+	}
+	for _, test := range tests {
+		t.Run(test.name, func(t *testing.T) {
+			if got := testParams.Owner(test.typ, test.id, decode(t, test.doc), testBase); got != test.want {
+				t.Errorf("Owner = %q, want %q", got, test.want)
+			}
+		})
+	}
+}

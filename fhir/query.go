@@ -465,7 +465,7 @@ func termFor(c Clause, v QValue) (Term, bool) {
 		if n == "" {
 			return t, false
 		}
-		t.Value, t.Ordered = n, true // prefix lookup
+		t.Value, _ = prefixTerm(n)
 		return t, true
 	case TypeReference:
 		switch {
@@ -749,7 +749,7 @@ func (q *Query) Exact() bool {
 			}
 			switch c.Param.Type {
 			case TypeString:
-				if c.Modifier != "" {
+				if _, exact := prefixTerm(NormalizeString(v.Raw)); !exact || c.Modifier != "" {
 					return false
 				}
 			case TypeQuantity:

@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"github.com/fhirgate/fhirgate/fhir"
 	"github.com/fhirgate/fhirgate/gateway"
 	"github.com/fhirgate/fhirgate/internal/store"
+	"github.com/fhirgate/fhirgate/internal/store/sealed/sealedtest"
 )
 
 // memStore is a minimal in-memory store.Store for benchmarks only: it
@@ -20,6 +22,11 @@ import (
 type memStore struct {
 	mu   sync.Mutex
 	recs map[store.Key][]store.Record
+	keys map[string][]byte
+}
+
+func newMemStore() *memStore {
+	return &memStore{recs: map[store.Key][]store.Record{}, keys: map[string][]byte{}}
 }
 
 func (m *memStore) Put(_ context.Context, r store.Record, _ store.PutOptions) error {
@@ -56,7 +63,45 @@ func (m *memStore) History(context.Context, store.HistoryQuery) ([]store.Record,
 	return nil, 0, nil
 }
 func (m *memStore) Search(context.Context, store.Query) ([]string, error) { return nil, nil }
+func (m *memStore) Erase(context.Context, store.Key) error                { return errors.ErrUnsupported }
 func (m *memStore) Ping(context.Context) error                            { return nil }
+
+func (m *memStore) GetKey(_ context.Context, id string) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if v, ok := m.keys[id]; ok {
+		return v, nil
+	}
+	return nil, store.ErrNotFound
+}
+
+func (m *memStore) PutKey(_ context.Context, id string, old, val []byte) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if cur, ok := m.keys[id]; ok != (old != nil) || !bytes.Equal(cur, old) {
+		return store.ErrConflict
+	}
+	m.keys[id] = val
+	return nil
+}
+
+func (m *memStore) ScanKeys(_ context.Context, fn func(string, []byte) error) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, v := range m.keys {
+		if err := fn(id, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// benchStores are the stores the gateway benchmarks run on: in memory,
+// plain and sealed, so the difference is the cost of encryption at rest.
+func benchStores(b *testing.B, fn func(b *testing.B, st store.Store)) {
+	b.Run("plain", func(b *testing.B) { fn(b, newMemStore()) })
+	b.Run("sealed", func(b *testing.B) { fn(b, sealedtest.Wrap(b, newMemStore())) })
+}
 func (m *memStore) Close() error                                          { return nil }
 
 func benchBody(b *testing.B) []byte {
@@ -82,9 +127,11 @@ func BenchmarkParseValidate(b *testing.B) {
 // BenchmarkCreate is the gateway's whole create path (routing, parse,
 // encode, index terms, response) over an in-memory store. Compare its
 // ns/op with BenchmarkParseValidate: the target is at most 1.25x.
-func BenchmarkCreate(b *testing.B) {
+func BenchmarkCreate(b *testing.B) { benchStores(b, benchCreate) }
+
+func benchCreate(b *testing.B, st store.Store) {
 	body := benchBody(b)
-	gw := gateway.New(gateway.Config{Store: &memStore{recs: map[store.Key][]store.Record{}}, BaseURL: "http://x/fhir"})
+	gw := gateway.New(gateway.Config{Store: st, BaseURL: "http://x/fhir"})
 	b.ReportAllocs()
 	for b.Loop() {
 		req := httptest.NewRequest(http.MethodPost, "/fhir/Patient", bytes.NewReader(body))
@@ -98,9 +145,11 @@ func BenchmarkCreate(b *testing.B) {
 }
 
 // BenchmarkRead serves a stored resource.
-func BenchmarkRead(b *testing.B) {
+func BenchmarkRead(b *testing.B) { benchStores(b, benchRead) }
+
+func benchRead(b *testing.B, st store.Store) {
 	body := benchBody(b)
-	gw := gateway.New(gateway.Config{Store: &memStore{recs: map[store.Key][]store.Record{}}, BaseURL: "http://x/fhir"})
+	gw := gateway.New(gateway.Config{Store: st, BaseURL: "http://x/fhir"})
 	req := httptest.NewRequest(http.MethodPut, "/fhir/Patient/example", bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/fhir+json")
 	w := httptest.NewRecorder()

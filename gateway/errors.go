@@ -11,6 +11,7 @@ import (
 	"strconv"
 
 	"github.com/fhirgate/fhirgate/fhir"
+	"github.com/fhirgate/fhirgate/internal/keys"
 	"github.com/fhirgate/fhirgate/internal/store"
 )
 
@@ -62,6 +63,22 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.As(err, &mbe):
 		status = http.StatusRequestEntityTooLarge
 		issues = []fhir.Issue{{Severity: fhir.SeverityError, Code: fhir.CodeTooLong, Details: "request body exceeds " + strconv.FormatInt(mbe.Limit, 10) + " bytes"}}
+	case errors.Is(err, store.ErrErased):
+		status = http.StatusGone
+		issues = []fhir.Issue{{Severity: fhir.SeverityError, Code: fhir.CodeDeleted, Details: "the resource, or the patient compartment it belongs to, has been erased"}}
+	case errors.Is(err, keys.ErrIntegrity):
+		// A stored value failed authentication: tampered with, corrupted
+		// or moved. Its name (type/id/version) holds no PHI.
+		id := errorID()
+		var ie *keys.IntegrityError
+		name := ""
+		if errors.As(err, &ie) {
+			name = ie.Name
+		}
+		s.metrics.integrity.Inc()
+		s.log.ErrorContext(ctx, "integrity failure", slog.String("error_id", id), slog.String("route", routeName(r)), slog.String("value", name))
+		status = http.StatusInternalServerError
+		issues = []fhir.Issue{{Severity: fhir.SeverityFatal, Code: fhir.CodeException, Details: "integrity failure: a stored value failed authentication; reference " + id}}
 	case errors.Is(err, errGone):
 		status = http.StatusGone
 		issues = []fhir.Issue{{Severity: fhir.SeverityError, Code: fhir.CodeDeleted, Details: "the resource has been deleted"}}

@@ -17,6 +17,7 @@ import (
 	"github.com/fhirgate/fhirgate/internal/store/boltstore"
 	"github.com/fhirgate/fhirgate/internal/store/redisstore"
 	"github.com/fhirgate/fhirgate/internal/store/redisstore/redistest"
+	"github.com/fhirgate/fhirgate/internal/store/sealed/sealedtest"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -31,7 +32,7 @@ func eachStore(t *testing.T, fn func(t *testing.T, st store.Store)) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		fn(t, st)
+		fn(t, sealedtest.Wrap(t, st))
 	})
 	t.Run("redis", func(t *testing.T) {
 		srv := redistest.Start(t)
@@ -40,7 +41,7 @@ func eachStore(t *testing.T, fn func(t *testing.T, st store.Store)) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { st.Close() })
-		fn(t, st)
+		fn(t, sealedtest.Wrap(t, st))
 	})
 }
 

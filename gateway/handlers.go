@@ -118,7 +118,9 @@ func (s *Server) write(r *http.Request, res *fhir.Resource, k store.Key, v int64
 	if err != nil {
 		return store.Record{}, err
 	}
-	rec := store.Record{Type: k.Type, ID: k.ID, Version: v, Updated: now, Body: body, Terms: s.terms(res, s.base(r))}
+	base := s.base(r)
+	rec := store.Record{Type: k.Type, ID: k.ID, Version: v, Updated: now, Body: body, Terms: s.terms(res, base),
+		Owner: s.params.Owner(k.Type, k.ID, res.Doc, base)}
 	return rec, s.store.Put(r.Context(), rec, opts)
 }
 
@@ -128,7 +130,7 @@ func (s *Server) terms(res *fhir.Resource, base string) []store.Term {
 	ts := fhir.IndexTerms(res.Doc, s.params[res.Type], base)
 	out := make([]store.Term, len(ts))
 	for i, t := range ts {
-		out[i] = store.Term{Param: t.Param, Value: t.Value, Ordered: t.Ordered}
+		out[i] = store.Term{Param: t.Param, Value: t.Value}
 	}
 	return out
 }
@@ -290,7 +292,7 @@ func toStoreQuery(q *fhir.Query) *store.Query {
 	for _, clause := range q.Candidates() {
 		var or []store.Match
 		for _, t := range clause {
-			or = append(or, store.Match{Param: t.Param, Value: t.Value, Prefix: t.Ordered})
+			or = append(or, store.Match{Param: t.Param, Value: t.Value})
 		}
 		sq.All = append(sq.All, or)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/fhirgate/fhirgate/fhir"
+	"github.com/fhirgate/fhirgate/internal/keys"
 	"github.com/fhirgate/fhirgate/internal/store"
 	"github.com/gorilla/mux"
 )
@@ -43,6 +44,9 @@ type Config struct {
 	Now func() time.Time
 	// Version is reported in the CapabilityStatement.
 	Version string
+	// Keys, the manager Store is sealed with, enables Patient/$erase and
+	// the /admin/keys endpoints. Default: Store's Keys method, if any.
+	Keys *keys.Manager
 }
 
 // Server serves the FHIR REST API.
@@ -54,7 +58,8 @@ type Server struct {
 	now    func() time.Time
 	router *mux.Router
 	// capa is the CapabilityStatement's rest.resource list, built once.
-	capa []capabilityResource
+	capa    []capabilityResource
+	metrics *metrics
 }
 
 // New returns a Server.
@@ -73,7 +78,11 @@ func New(cfg Config) *Server {
 		s.cfg.MaxBody = DefaultMaxBody
 	}
 	s.cfg.BaseURL = strings.TrimSuffix(s.cfg.BaseURL, "/")
+	if ks, ok := s.store.(interface{ Keys() *keys.Manager }); ok && s.cfg.Keys == nil {
+		s.cfg.Keys = ks.Keys()
+	}
 	s.capa = capabilityResources(s.params)
+	s.metrics = newMetrics()
 	s.routes()
 	return s
 }
@@ -99,11 +108,14 @@ func (s *Server) routes() {
 		w.Write([]byte("ok\n"))
 	})).Methods(http.MethodGet, http.MethodHead).Name("healthz")
 	r.Handle("/readyz", s.wrap(s.readyz)).Methods(http.MethodGet, http.MethodHead).Name("readyz")
+	r.Handle("/metrics", s.metrics.handler()).Methods(http.MethodGet).Name("metrics")
+	r.Handle("/admin/keys/{op}", s.wrap(s.adminKeys)).Methods(http.MethodGet, http.MethodPost).Name("admin-keys")
 
 	f := r.PathPrefix("/fhir").Subrouter()
 	f.Use(s.negotiate)
 	f.Handle("/metadata", s.wrap(s.metadata)).Methods(http.MethodGet).Name("metadata")
 	f.Handle("/{type}/_search", s.wrap(s.search)).Methods(http.MethodPost).Name("search-post")
+	f.Handle("/Patient/{id}/$erase", s.wrap(s.erase)).Methods(http.MethodPost).Name("erase")
 	f.Handle("/{type}/_history", s.wrap(s.typeHistory)).Methods(http.MethodGet).Name("history-type")
 	f.Handle("/{type}/{id}/_history/{vid}", s.wrap(s.vread)).Methods(http.MethodGet).Name("vread")
 	f.Handle("/{type}/{id}/_history", s.wrap(s.instanceHistory)).Methods(http.MethodGet).Name("history-instance")

@@ -3,6 +3,7 @@
 //	fhirgate serve       serve the FHIR REST API
 //	fhirgate healthcheck probe a running server's /healthz (for containers)
 //	fhirgate conformance run the black-box conformance suite against a base URL
+//	fhirgate keys        manage key-encryption keys (init, status, rotate, rewrap, prune)
 package main
 
 import (
@@ -27,6 +28,8 @@ func main() {
 		err = healthcheck(ctx, os.Args[2:])
 	case "conformance":
 		err = conformanceCmd(ctx, os.Args[2:])
+	case "keys":
+		err = keysCmd(ctx, os.Args[2:])
 	case "version":
 		fmt.Println(version)
 	case "-h", "--help", "help":
@@ -49,6 +52,7 @@ commands:
   serve        serve the FHIR R4 REST API (fhirgate serve -h for flags)
   healthcheck  exit 0 when the server at --url answers /healthz
   conformance  run the conformance suites against --base-url
+  keys         manage encryption keys: init, status, rotate, rewrap, prune
   version      print the version
 `)
 }

@@ -16,16 +16,11 @@ import (
 	"time"
 
 	"github.com/fhirgate/fhirgate/gateway"
-	"github.com/fhirgate/fhirgate/internal/store"
-	"github.com/fhirgate/fhirgate/internal/store/boltstore"
-	"github.com/fhirgate/fhirgate/internal/store/redisstore"
 )
 
 type serveConfig struct {
+	storeFlags
 	Addr              string
-	DataDir           string
-	RedisURL          string
-	RedisAddrs        string
 	BaseURL           string
 	MaxBody           int64
 	EnforceReferences bool
@@ -55,9 +50,7 @@ func parseServe(args []string) (serveConfig, error) {
 	var c serveConfig
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.StringVar(&c.Addr, "addr", "127.0.0.1:8080", "listen address")
-	fs.StringVar(&c.DataDir, "data-dir", "./data", "data directory for the embedded store")
-	fs.StringVar(&c.RedisURL, "redis-url", "", "use Redis at this redis:// URL instead of the embedded store")
-	fs.StringVar(&c.RedisAddrs, "redis-cluster", "", "comma-separated Redis Cluster seed nodes (host:port,...) instead of --redis-url")
+	c.storeFlags.register(fs)
 	fs.StringVar(&c.BaseURL, "base-url", "", "public absolute URL of the FHIR base (default: from each request's Host)")
 	fs.Int64Var(&c.MaxBody, "max-body", gateway.DefaultMaxBody, "maximum request body in bytes (413 above)")
 	fs.BoolVar(&c.EnforceReferences, "enforce-references", false, "reject references to resources this server does not hold, and reference target types R4 does not allow (422)")
@@ -98,18 +91,7 @@ func serve(ctx context.Context, args []string) error {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	var st store.Store
-	if cfg.RedisURL != "" || cfg.RedisAddrs != "" {
-		rc := redisstore.Config{URL: cfg.RedisURL, Logger: log}
-		if cfg.RedisAddrs != "" {
-			rc.URL, rc.Addrs = "", strings.Split(cfg.RedisAddrs, ",")
-		}
-		st, err = redisstore.New(ctx, rc)
-		log.Info("store: redis")
-	} else {
-		st, err = boltstore.New(ctx, boltstore.Config{Dir: cfg.DataDir})
-		log.Info("store: embedded bbolt", slog.String("dir", cfg.DataDir))
-	}
+	st, err := openStore(ctx, cfg.storeFlags, log)
 	if err != nil {
 		return err
 	}

@@ -47,11 +47,6 @@ func EncodeTerms(ts []Term) []byte {
 		b = append(b, t.Param...)
 		b = binary.AppendUvarint(b, uint64(len(t.Value)))
 		b = append(b, t.Value...)
-		if t.Ordered {
-			b = append(b, 1)
-		} else {
-			b = append(b, 0)
-		}
 	}
 	return b
 }
@@ -65,11 +60,9 @@ func DecodeTerms(b []byte) ([]Term, error) {
 		if t.Param, b, ok = readStr(b); !ok {
 			return nil, errors.New("store: corrupt terms")
 		}
-		if t.Value, b, ok = readStr(b); !ok || len(b) < 1 {
+		if t.Value, b, ok = readStr(b); !ok {
 			return nil, errors.New("store: corrupt terms")
 		}
-		t.Ordered = b[0] == 1
-		b = b[1:]
 		out = append(out, t)
 	}
 	return out, nil

@@ -2,9 +2,12 @@
 // through, and the contract its backends (boltstore, redisstore) share.
 //
 // A Record is opaque to the store: Body is bytes to keep and return, and
-// Terms are search-index entries it looks up by exact value or by prefix.
-// Encrypting bodies and hashing terms can therefore wrap a Store without
-// changing this interface.
+// Terms are search-index entries it looks up by exact value. The sealed
+// package wraps a Store to encrypt bodies and blind terms; the backends
+// never see plaintext.
+//
+// A Store also keeps wrapped key material (GetKey/PutKey/ScanKeys): small
+// values under opaque ids, changed only by compare-and-set.
 package store
 
 import (
@@ -23,6 +26,9 @@ var (
 	ErrConflict = errors.New("version conflict")
 	// ErrExists: a conditional create found a matching resource.
 	ErrExists = fmt.Errorf("condition matched: %w", ErrConflict)
+	// ErrErased: the resource was erased (crypto-shredded); none of its
+	// versions can be read or written again.
+	ErrErased = errors.New("erased")
 )
 
 // Key names a resource.
@@ -30,12 +36,10 @@ type Key struct{ Type, ID string }
 
 func (k Key) String() string { return k.Type + "/" + k.ID }
 
-// Term is one search-index entry of a resource version: Param and Value are
-// looked up exactly, or Value by prefix when Ordered.
+// Term is one search-index entry of a resource version, looked up exactly.
 type Term struct {
-	Param   string
-	Value   string
-	Ordered bool
+	Param string
+	Value string
 }
 
 // Record is one stored version of a resource.
@@ -47,15 +51,18 @@ type Record struct {
 	Body     []byte // the resource as served
 	// Terms index the version while it is current; a tombstone has none.
 	Terms []Term
+	// Owner names the patient compartment ("Patient/<id>") whose data key
+	// seals the version, "" for the tenant key. Only the sealed wrapper
+	// reads it; backends neither store nor return it.
+	Owner string
 }
 
 // Key returns the record's key.
 func (r Record) Key() Key { return Key{r.Type, r.ID} }
 
-// Match is one index lookup: exact on Value, or Value as a prefix.
+// Match is one exact index lookup.
 type Match struct {
 	Param, Value string
-	Prefix       bool
 }
 
 // Query finds live (not deleted) resources of Type whose current version
@@ -98,6 +105,24 @@ type Store interface {
 	History(ctx context.Context, q HistoryQuery) ([]Record, int, error)
 	// Search returns the sorted ids of the live resources matching q.
 	Search(ctx context.Context, q Query) ([]string, error)
+	// Erase atomically removes every version of k, its history entries and
+	// its index entries, leaving a marker: afterwards Get, GetVersion,
+	// History of k and Put of k fail with ErrErased, type History and
+	// Search no longer return it. Erasing an erased or absent resource
+	// is not an error (absent: it is marked erased all the same).
+	Erase(ctx context.Context, k Key) error
+
+	// GetKey returns the key-material value stored under id, or
+	// ErrNotFound.
+	GetKey(ctx context.Context, id string) ([]byte, error)
+	// PutKey sets id to val if its current value is old (nil old: id must
+	// not exist), else fails with ErrConflict. Key values are never
+	// deleted.
+	PutKey(ctx context.Context, id string, old, val []byte) error
+	// ScanKeys calls fn for every key-material entry, in no set order;
+	// entries written during the scan may or may not be seen.
+	ScanKeys(ctx context.Context, fn func(id string, val []byte) error) error
+
 	// Ping reports whether the store is reachable.
 	Ping(ctx context.Context) error
 	Close() error

@@ -1,5 +1,5 @@
 // Package boltstore is the embedded store.Store, on go.etcd.io/bbolt. Every
-// Put is one bbolt transaction, fsynced before it returns.
+// Put, Erase and PutKey is one bbolt transaction, fsynced before it returns.
 package boltstore
 
 import (
@@ -41,6 +41,8 @@ var (
 	bHistory = []byte("history") // type\0updated(8)\0id\0ver(8) -> nil
 	bIndex   = []byte("index")   // type\0param\0value\0id -> nil
 	bLive    = []byte("live")    // type\0id -> nil
+	bErased  = []byte("erased")  // type\0id -> nil: erased, no versions left
+	bKeys    = []byte("keys")    // key-material id -> value
 )
 
 // New opens (creating if needed) the database under cfg.Dir.
@@ -65,7 +67,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	db.MaxBatchDelay = 2 * time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bCurrent, bVersion, bHistory, bIndex, bLive} {
+		for _, b := range [][]byte{bCurrent, bVersion, bHistory, bIndex, bLive, bErased, bKeys} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -102,6 +104,22 @@ func termKey(t string, term store.Term, id string) ([]byte, bool) {
 	return key(t, term.Param, term.Value, id), true
 }
 
+// has reports whether b holds k (Bucket.Get cannot tell a nil or empty
+// value from a missing key).
+func has(b *bolt.Bucket, k []byte) bool {
+	got, _ := b.Cursor().Seek(k)
+	return bytes.Equal(got, k)
+}
+
+// missing is the error for a resource with no current version: ErrErased
+// if it was erased, else ErrNotFound.
+func missing(tx *bolt.Tx, k store.Key) error {
+	if has(tx.Bucket(bErased), key(k.Type, k.ID)) {
+		return store.ErrErased
+	}
+	return store.ErrNotFound
+}
+
 // Put implements store.Store.
 func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) error {
 	if err := ctx.Err(); err != nil {
@@ -121,6 +139,8 @@ func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) 
 			if oldTerms, err = store.DecodeTerms(v[8:]); err != nil {
 				return err
 			}
+		} else if has(tx.Bucket(bErased), ck) {
+			return store.ErrErased
 		}
 		if curVer != r.Version-1 {
 			return store.ErrConflict
@@ -179,7 +199,7 @@ func (s *Store) Get(ctx context.Context, k store.Key) (store.Record, error) {
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bCurrent).Get(key(k.Type, k.ID))
 		if v == nil {
-			return store.ErrNotFound
+			return missing(tx, k)
 		}
 		var err error
 		rec, err = getVersion(tx, k, int64(binary.BigEndian.Uint64(v)))
@@ -206,7 +226,9 @@ func (s *Store) GetVersion(ctx context.Context, k store.Key, v int64) (store.Rec
 	var rec store.Record
 	err := s.db.View(func(tx *bolt.Tx) error {
 		var err error
-		rec, err = getVersion(tx, k, v)
+		if rec, err = getVersion(tx, k, v); errors.Is(err, store.ErrNotFound) {
+			err = missing(tx, k)
+		}
 		return err
 	})
 	return rec, err
@@ -220,7 +242,7 @@ func (s *Store) History(ctx context.Context, q store.HistoryQuery) ([]store.Reco
 		if q.ID != "" {
 			v := tx.Bucket(bCurrent).Get(key(q.Type, q.ID))
 			if v == nil {
-				return store.ErrNotFound
+				return missing(tx, store.Key{Type: q.Type, ID: q.ID})
 			}
 			for ver := int64(binary.BigEndian.Uint64(v)); ver >= 1; ver-- {
 				rec, err := getVersion(tx, store.Key{Type: q.Type, ID: q.ID}, ver)
@@ -301,10 +323,7 @@ func search(tx *bolt.Tx, q store.Query) ([]string, error) {
 	for _, clause := range q.All {
 		set := map[string]bool{}
 		for _, m := range clause {
-			prefix := key(q.Type, m.Param, m.Value)
-			if !m.Prefix {
-				prefix = append(prefix, 0)
-			}
+			prefix := key(q.Type, m.Param, m.Value, "")
 			for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
 				i := bytes.LastIndexByte(k, 0)
 				set[string(k[i+1:])] = true
@@ -315,6 +334,126 @@ func search(tx *bolt.Tx, q store.Query) ([]string, error) {
 	out = store.Intersect(sets)
 	sort.Strings(out)
 	return out, nil
+}
+
+// Erase implements store.Store, in one transaction.
+func (s *Store) Erase(ctx context.Context, k store.Key) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		ck := key(k.Type, k.ID)
+		if v := tx.Bucket(bCurrent).Get(ck); v != nil {
+			curVer := int64(binary.BigEndian.Uint64(v))
+			terms, err := store.DecodeTerms(v[8:])
+			if err != nil {
+				return err
+			}
+			idx := tx.Bucket(bIndex)
+			for _, t := range terms {
+				if tk, ok := termKey(k.Type, t, k.ID); ok {
+					if err := idx.Delete(tk); err != nil {
+						return err
+					}
+				}
+			}
+			// Versions run 1..current; each names its history entry.
+			vb, hb := tx.Bucket(bVersion), tx.Bucket(bHistory)
+			for n := int64(1); n <= curVer; n++ {
+				rec, err := getVersion(tx, k, n)
+				if err != nil {
+					return err
+				}
+				if err := hb.Delete(histKey(k.Type, rec.Updated, k.ID, n)); err != nil {
+					return err
+				}
+				if err := vb.Delete(verKey(k.Type, k.ID, n)); err != nil {
+					return err
+				}
+			}
+			if err := tx.Bucket(bCurrent).Delete(ck); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bLive).Delete(ck); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bErased).Put(ck, nil)
+	})
+}
+
+// keyVal returns id's key-material value and whether it exists.
+func keyVal(tx *bolt.Tx, id string) ([]byte, bool) {
+	k, v := tx.Bucket(bKeys).Cursor().Seek([]byte(id))
+	if k == nil || string(k) != id {
+		return nil, false
+	}
+	return v, true
+}
+
+// GetKey implements store.Store.
+func (s *Store) GetKey(ctx context.Context, id string) ([]byte, error) {
+	var val []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v, ok := keyVal(tx, id)
+		if !ok {
+			return store.ErrNotFound
+		}
+		val = append([]byte{}, v...)
+		return nil
+	})
+	return val, err
+}
+
+// PutKey implements store.Store: compare and set in one transaction.
+func (s *Store) PutKey(ctx context.Context, id string, old, val []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.Update(func(tx *bolt.Tx) error {
+		cur, ok := keyVal(tx, id)
+		if ok != (old != nil) || !bytes.Equal(cur, old) {
+			return store.ErrConflict
+		}
+		return tx.Bucket(bKeys).Put([]byte(id), val)
+	})
+}
+
+// scanPage is how many key-material entries ScanKeys reads per transaction.
+const scanPage = 256
+
+// ScanKeys implements store.Store. It reads a page of entries at a time and
+// calls fn outside any transaction, so fn may itself write keys.
+func (s *Store) ScanKeys(ctx context.Context, fn func(id string, val []byte) error) error {
+	from := []byte{}
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var ids []string
+		var vals [][]byte
+		err := s.db.View(func(tx *bolt.Tx) error {
+			c := tx.Bucket(bKeys).Cursor()
+			for k, v := c.Seek(from); k != nil && len(ids) < scanPage; k, v = c.Next() {
+				ids = append(ids, string(k))
+				vals = append(vals, append([]byte{}, v...))
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		for i, id := range ids {
+			if err := fn(id, vals[i]); err != nil {
+				return err
+			}
+		}
+		if len(ids) < scanPage {
+			return nil
+		}
+		// The least id after the last one read.
+		from = append([]byte(ids[len(ids)-1]), 0)
+	}
 }
 
 // Ping implements store.Store.

@@ -1,5 +1,5 @@
 -- put.lua: write one resource version atomically.
--- KEYS[1] resource hash   {T}:r:<id>   fields: cur, t (terms), v:<n>
+-- KEYS[1] resource hash   {T}:r:<id>   fields: cur, t (terms), v:<n>; or only erased
 -- KEYS[2] type history    {T}:h        zset score=updated ms, member=<id>/<n>
 -- KEYS[3] live ids        {T}:ids      set
 -- ARGV[1] key prefix "fg:{T}:" (every key this script builds shares the slot)
@@ -10,7 +10,10 @@
 -- ARGV[6] history score
 -- ARGV[7] id
 -- ARGV[8] deleted ("1"/"0")
--- ARGV[9] JSON: {old:[[param,value,ordered]...], new:[...], guard:[[[param,value,prefix]...]...] or null}
+-- ARGV[9] JSON: {old:[[param,value]...], new:[...], guard:[[[param,value]...]...] or null}
+if redis.call('HEXISTS', KEYS[1], 'erased') == 1 then
+  return 'erased'
+end
 local cur = redis.call('HGET', KEYS[1], 'cur') or '0'
 if cur ~= ARGV[2] then
   return 'conflict'
@@ -18,24 +21,6 @@ end
 local p = ARGV[1]
 local id = ARGV[7]
 local spec = cjson.decode(ARGV[9])
-
-local function lookup(m)
-  local ids = {}
-  if m[3] then
-    local key = p .. 'o:' .. m[1]
-    local lo = '[' .. m[2]
-    local hi = '[' .. m[2] .. '\255'
-    for _, member in ipairs(redis.call('ZRANGEBYLEX', key, lo, hi)) do
-      local i = string.find(member, '\0', 1, true)
-      if i then ids[string.sub(member, i + 1)] = true end
-    end
-  else
-    for _, x in ipairs(redis.call('SMEMBERS', p .. 'x:' .. m[1] .. ':' .. m[2])) do
-      ids[x] = true
-    end
-  end
-  return ids
-end
 
 if spec.guard ~= cjson.null and spec.guard ~= nil then
   if #spec.guard == 0 then
@@ -45,7 +30,9 @@ if spec.guard ~= cjson.null and spec.guard ~= nil then
     for _, clause in ipairs(spec.guard) do
       local set = {}
       for _, m in ipairs(clause) do
-        for x in pairs(lookup(m)) do set[x] = true end
+        for _, x in ipairs(redis.call('SMEMBERS', p .. 'x:' .. m[1] .. ':' .. m[2])) do
+          set[x] = true
+        end
       end
       if acc == nil then
         acc = set
@@ -60,18 +47,10 @@ if spec.guard ~= cjson.null and spec.guard ~= nil then
 end
 
 for _, t in ipairs(spec.old) do
-  if t[3] then
-    redis.call('ZREM', p .. 'o:' .. t[1], t[2] .. '\0' .. id)
-  else
-    redis.call('SREM', p .. 'x:' .. t[1] .. ':' .. t[2], id)
-  end
+  redis.call('SREM', p .. 'x:' .. t[1] .. ':' .. t[2], id)
 end
 for _, t in ipairs(spec.new) do
-  if t[3] then
-    redis.call('ZADD', p .. 'o:' .. t[1], 0, t[2] .. '\0' .. id)
-  else
-    redis.call('SADD', p .. 'x:' .. t[1] .. ':' .. t[2], id)
-  end
+  redis.call('SADD', p .. 'x:' .. t[1] .. ':' .. t[2], id)
 end
 redis.call('HSET', KEYS[1], 'cur', ARGV[3], 't', ARGV[5], 'v:' .. ARGV[3], ARGV[4])
 redis.call('ZADD', KEYS[2], ARGV[6], id .. '/' .. ARGV[3])

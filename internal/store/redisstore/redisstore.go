@@ -2,14 +2,18 @@
 // through go-redis's UniversalClient).
 //
 // Key layout, for resource type T (every key of a type shares the hash tag
-// {T}, so a version, its history entry and its index entries are written
-// by one Lua script in one slot):
+// {T}, so a version, its history entry and its index entries are written,
+// and erased, by one Lua script in one slot):
 //
-//	fg:{T}:r:<id>            hash: cur -> current version, t -> its terms, v:<n> -> version n
+//	fg:{T}:r:<id>            hash: cur -> current version, t -> its terms, v:<n> -> version n;
+//	                         once erased, only erased -> 1
 //	fg:{T}:h                 zset: <id>/<n> scored by update time (ms): type history
 //	fg:{T}:ids               set: live ids
 //	fg:{T}:x:<param>:<value> set: ids whose current version has that exact term
-//	fg:{T}:o:<param>         zset (all scores 0): "<value>\x00<id>" for prefix lookup
+//
+// Key material is one hash, in a slot of its own:
+//
+//	fg:{keys}                hash: id -> value
 //
 // The cost of one slot per type is that a type cannot be spread over
 // Cluster nodes; see docs in README.
@@ -36,12 +40,34 @@ var putLua string
 
 var putScript = redis.NewScript(putLua)
 
-// getScript reads the current version number and its value in one round
-// trip.
+//go:embed erase.lua
+var eraseLua string
+
+var eraseScript = redis.NewScript(eraseLua)
+
+// getScript reads the current version number, its value and terms in one
+// round trip; "erased" if the resource was erased.
 var getScript = redis.NewScript(`
 local cur = redis.call('HGET', KEYS[1], 'cur')
-if not cur then return false end
+if not cur then
+  if redis.call('HEXISTS', KEYS[1], 'erased') == 1 then return 'erased' end
+  return false
+end
 return {cur, redis.call('HGET', KEYS[1], 'v:' .. cur), redis.call('HGET', KEYS[1], 't')}
+`)
+
+// putKeyScript sets a key-material field if it holds the expected value.
+// ARGV: id, "1" if an old value is expected (else the id must not exist),
+// old value, new value. Returns 1 if set, 0 on a mismatch.
+var putKeyScript = redis.NewScript(`
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[2] == '1' then
+  if cur ~= ARGV[3] then return 0 end
+elseif cur then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+return 1
 `)
 
 // Config configures a Store.
@@ -101,22 +127,45 @@ func (s *Store) tp(t string) string { return s.prefix + ":{" + t + "}:" }
 
 func (s *Store) resKey(t, id string) string { return s.tp(t) + "r:" + id }
 
-// Put implements store.Store.
-func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) error {
-	rk := s.resKey(r.Type, r.ID)
-	vals, err := s.rdb.HMGet(ctx, rk, "cur", "t").Result()
+func (s *Store) keysKey() string { return s.prefix + ":{keys}" }
+
+// readCur reads a resource's current version ("0": none), its terms, and
+// whether it was erased.
+func (s *Store) readCur(ctx context.Context, rk string) (cur string, terms []store.Term, erased bool, err error) {
+	vals, err := s.rdb.HMGet(ctx, rk, "cur", "t", "erased").Result()
 	if err != nil {
-		return fmt.Errorf("redisstore: read current: %w", err)
+		return "", nil, false, err
 	}
-	cur := "0"
-	var old []store.Term
+	cur = "0"
 	if c, ok := vals[0].(string); ok {
 		cur = c
 		if t, ok := vals[1].(string); ok {
-			if old, err = store.DecodeTerms([]byte(t)); err != nil {
-				return err
+			if terms, err = store.DecodeTerms([]byte(t)); err != nil {
+				return "", nil, false, err
 			}
 		}
+	}
+	return cur, terms, vals[2] != nil, nil
+}
+
+// termSpec lists terms as [param, value] pairs for a script.
+func termSpec(ts []store.Term) [][2]string {
+	out := [][2]string{}
+	for _, t := range ts {
+		out = append(out, [2]string{t.Param, t.Value})
+	}
+	return out
+}
+
+// Put implements store.Store.
+func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) error {
+	rk := s.resKey(r.Type, r.ID)
+	cur, old, erased, err := s.readCur(ctx, rk)
+	if err != nil {
+		return fmt.Errorf("redisstore: read current: %w", err)
+	}
+	if erased {
+		return store.ErrErased
 	}
 	if cur != strconv.FormatInt(r.Version-1, 10) {
 		return store.ErrConflict
@@ -126,22 +175,16 @@ func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) 
 		terms = nil
 	}
 	spec := struct {
-		Old   [][3]any   `json:"old"`
-		New   [][3]any   `json:"new"`
-		Guard [][][3]any `json:"guard"`
-	}{Old: [][3]any{}, New: [][3]any{}}
-	for _, t := range old {
-		spec.Old = append(spec.Old, [3]any{t.Param, t.Value, t.Ordered})
-	}
-	for _, t := range terms {
-		spec.New = append(spec.New, [3]any{t.Param, t.Value, t.Ordered})
-	}
+		Old   [][2]string   `json:"old"`
+		New   [][2]string   `json:"new"`
+		Guard [][][2]string `json:"guard"`
+	}{Old: termSpec(old), New: termSpec(terms)}
 	if g := opts.IfNoneMatch; g != nil {
-		spec.Guard = [][][3]any{}
+		spec.Guard = [][][2]string{}
 		for _, clause := range g.All {
-			var c [][3]any
+			var c [][2]string
 			for _, m := range clause {
-				c = append(c, [3]any{m.Param, m.Value, m.Prefix})
+				c = append(c, [2]string{m.Param, m.Value})
 			}
 			spec.Guard = append(spec.Guard, c)
 		}
@@ -169,6 +212,8 @@ func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) 
 		return store.ErrConflict
 	case "exists":
 		return store.ErrExists
+	case "erased":
+		return store.ErrErased
 	}
 	return fmt.Errorf("redisstore: put: unexpected reply %q", res)
 }
@@ -176,13 +221,17 @@ func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) 
 // Get implements store.Store.
 func (s *Store) Get(ctx context.Context, k store.Key) (store.Record, error) {
 	rec := store.Record{Type: k.Type, ID: k.ID}
-	res, err := getScript.Run(ctx, s.rdb, []string{s.resKey(k.Type, k.ID)}).Slice()
+	reply, err := getScript.Run(ctx, s.rdb, []string{s.resKey(k.Type, k.ID)}).Result()
 	if errors.Is(err, redis.Nil) {
 		return rec, store.ErrNotFound
 	}
 	if err != nil {
 		return rec, fmt.Errorf("redisstore: get: %w", err)
 	}
+	if reply == "erased" {
+		return rec, store.ErrErased
+	}
+	res, _ := reply.([]any)
 	if len(res) < 2 {
 		return rec, fmt.Errorf("redisstore: get: unexpected reply")
 	}
@@ -205,14 +254,18 @@ func (s *Store) Get(ctx context.Context, k store.Key) (store.Record, error) {
 // GetVersion implements store.Store.
 func (s *Store) GetVersion(ctx context.Context, k store.Key, v int64) (store.Record, error) {
 	rec := store.Record{Type: k.Type, ID: k.ID, Version: v}
-	b, err := s.rdb.HGet(ctx, s.resKey(k.Type, k.ID), "v:"+strconv.FormatInt(v, 10)).Bytes()
-	if errors.Is(err, redis.Nil) {
-		return rec, store.ErrNotFound
-	}
+	vals, err := s.rdb.HMGet(ctx, s.resKey(k.Type, k.ID), "v:"+strconv.FormatInt(v, 10), "erased").Result()
 	if err != nil {
 		return rec, fmt.Errorf("redisstore: get version: %w", err)
 	}
-	return rec, store.DecodeVersion(b, &rec)
+	b, ok := vals[0].(string)
+	switch {
+	case vals[1] != nil:
+		return rec, store.ErrErased
+	case !ok:
+		return rec, store.ErrNotFound
+	}
+	return rec, store.DecodeVersion([]byte(b), &rec)
 }
 
 // History implements store.Store.
@@ -261,6 +314,11 @@ func (s *Store) History(ctx context.Context, q store.HistoryQuery) ([]store.Reco
 		i := strings.LastIndexByte(m, '/')
 		v, _ := strconv.ParseInt(m[i+1:], 10, 64)
 		r, err := s.GetVersion(ctx, store.Key{Type: q.Type, ID: m[:i]}, v)
+		if errors.Is(err, store.ErrErased) {
+			// Erased since the range was read.
+			total--
+			continue
+		}
 		if err != nil {
 			return nil, 0, err
 		}
@@ -290,16 +348,11 @@ func (s *Store) Search(ctx context.Context, q store.Query) ([]string, error) {
 	type pending struct {
 		clause int
 		set    *redis.StringSliceCmd
-		prefix bool
 	}
 	var cmds []pending
 	for ci, clause := range q.All {
 		for _, m := range clause {
-			if m.Prefix {
-				cmds = append(cmds, pending{ci, pipe.ZRangeByLex(ctx, p+"o:"+m.Param, &redis.ZRangeBy{Min: "[" + m.Value, Max: "[" + m.Value + "\xff"}), true})
-			} else {
-				cmds = append(cmds, pending{ci, pipe.SMembers(ctx, p+"x:"+m.Param+":"+m.Value), false})
-			}
+			cmds = append(cmds, pending{ci, pipe.SMembers(ctx, p+"x:"+m.Param+":"+m.Value)})
 		}
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
@@ -311,17 +364,87 @@ func (s *Store) Search(ctx context.Context, q store.Query) ([]string, error) {
 	}
 	for _, c := range cmds {
 		for _, v := range c.set.Val() {
-			if c.prefix {
-				if i := strings.IndexByte(v, 0); i >= 0 {
-					v = v[i+1:]
-				}
-			}
 			sets[c.clause][v] = true
 		}
 	}
 	ids := store.Intersect(sets)
 	sort.Strings(ids)
 	return ids, nil
+}
+
+// Erase implements store.Store, in one script. The script removes the
+// index entries of the terms read here, so it retries if the resource
+// changed in between.
+func (s *Store) Erase(ctx context.Context, k store.Key) error {
+	rk := s.resKey(k.Type, k.ID)
+	for {
+		cur, terms, _, err := s.readCur(ctx, rk)
+		if err != nil {
+			return fmt.Errorf("redisstore: erase: %w", err)
+		}
+		tj, err := json.Marshal(termSpec(terms))
+		if err != nil {
+			return err
+		}
+		res, err := eraseScript.Run(ctx, s.rdb,
+			[]string{rk, s.tp(k.Type) + "h", s.tp(k.Type) + "ids"},
+			s.tp(k.Type), k.ID, cur, tj,
+		).Text()
+		if err != nil {
+			return fmt.Errorf("redisstore: erase: %w", err)
+		}
+		if res != "conflict" {
+			return nil
+		}
+	}
+}
+
+// GetKey implements store.Store.
+func (s *Store) GetKey(ctx context.Context, id string) ([]byte, error) {
+	b, err := s.rdb.HGet(ctx, s.keysKey(), id).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: get key: %w", err)
+	}
+	return b, nil
+}
+
+// PutKey implements store.Store.
+func (s *Store) PutKey(ctx context.Context, id string, old, val []byte) error {
+	hasOld := "0"
+	if old != nil {
+		hasOld = "1"
+	}
+	ok, err := putKeyScript.Run(ctx, s.rdb, []string{s.keysKey()}, id, hasOld, old, val).Bool()
+	if err != nil {
+		return fmt.Errorf("redisstore: put key: %w", err)
+	}
+	if !ok {
+		return store.ErrConflict
+	}
+	return nil
+}
+
+// ScanKeys implements store.Store, with HSCAN.
+func (s *Store) ScanKeys(ctx context.Context, fn func(id string, val []byte) error) error {
+	var cursor uint64
+	for {
+		kv, next, err := s.rdb.HScan(ctx, s.keysKey(), cursor, "", 256).Result()
+		if err != nil {
+			return fmt.Errorf("redisstore: scan keys: %w", err)
+		}
+		for i := 0; i+1 < len(kv); i += 2 {
+			if err := fn(kv[i], []byte(kv[i+1])); err != nil {
+				return err
+			}
+		}
+		if next == 0 {
+			return nil
+		}
+		cursor = next
+	}
 }
 
 // Ping implements store.Store.

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/fhirgate/fhirgate/internal/store"
 	"github.com/fhirgate/fhirgate/internal/store/redisstore"
@@ -76,5 +78,39 @@ func TestWarnsWhenAOFOff(t *testing.T) {
 				t.Errorf("warning logged = %v, want %v; log: %s", got, test.warn, buf.String())
 			}
 		})
+	}
+}
+
+// TestEraseLeavesOnlyMarker checks the raw keys: erasing leaves the
+// resource hash holding only the marker (no body bytes), and no history,
+// live-set or index entry (which History and Search would skip or miss).
+func TestEraseLeavesOnlyMarker(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := t.Context()
+	s, err := redisstore.New(ctx, redisstore.Config{URL: srv.URL(), Prefix: "erase"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for v := int64(1); v <= 3; v++ {
+		r := store.Record{Type: "Patient", ID: "p", Version: v, Updated: time.Now(), Body: []byte(`{"secret":1}`),
+			Terms: []store.Term{{Param: "name", Value: fmt.Sprintf("n%d", v)}, {Param: "gender", Value: "f"}}}
+		if err := s.Put(ctx, r, store.PutOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Erase(ctx, store.Key{Type: "Patient", ID: "p"}); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := s.Client().Keys(ctx, "erase:*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"erase:{Patient}:r:p"}; !slices.Equal(keys, want) {
+		t.Errorf("keys after erase = %v, want %v", keys, want)
+	}
+	h, err := s.Client().HGetAll(ctx, "erase:{Patient}:r:p").Result()
+	if err != nil || len(h) != 1 || h["erased"] != "1" {
+		t.Errorf("resource hash after erase = %v, %v; want only erased=1", h, err)
 	}
 }

@@ -1,0 +1,139 @@
+// Package sealed wraps a store.Store so that the backend holds no
+// plaintext: every version body is sealed (keys.Manager.Seal) under its
+// owner's data key and bound to "{type}/{id}/_history/{vid}", and every
+// index term and query match is replaced by its blind token.
+package sealed
+
+import (
+	"context"
+	"errors"
+	"strconv"
+
+	"github.com/fhirgate/fhirgate/internal/keys"
+	"github.com/fhirgate/fhirgate/internal/store"
+)
+
+// Store is a store.Store that seals what it writes to its backend.
+type Store struct {
+	store.Store
+	keys *keys.Manager
+}
+
+var _ store.Store = (*Store)(nil)
+
+// New wraps backend, sealing with m.
+func New(backend store.Store, m *keys.Manager) *Store {
+	return &Store{Store: backend, keys: m}
+}
+
+// Keys returns the key manager.
+func (s *Store) Keys() *keys.Manager { return s.keys }
+
+func name(t, id string, v int64) string {
+	return t + "/" + id + "/_history/" + strconv.FormatInt(v, 10)
+}
+
+// Put implements store.Store. A write into an erased patient's
+// compartment fails with store.ErrErased.
+func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) error {
+	if !r.Deleted {
+		b, err := s.keys.Seal(ctx, r.Owner, name(r.Type, r.ID, r.Version), r.Body)
+		if errors.Is(err, keys.ErrErased) {
+			return store.ErrErased
+		}
+		if err != nil {
+			return err
+		}
+		r.Body = b
+	}
+	r.Terms = s.blindTerms(r.Terms)
+	if g := opts.IfNoneMatch; g != nil {
+		opts.IfNoneMatch = s.blindQuery(*g)
+	}
+	return s.Store.Put(ctx, r, opts)
+}
+
+func (s *Store) blindTerms(ts []store.Term) []store.Term {
+	if len(ts) == 0 {
+		return nil
+	}
+	out := make([]store.Term, len(ts))
+	for i, t := range ts {
+		out[i] = store.Term{Param: t.Param, Value: s.keys.Blind(t.Param, t.Value)}
+	}
+	return out
+}
+
+func (s *Store) blindQuery(q store.Query) *store.Query {
+	out := &store.Query{Type: q.Type, All: make([][]store.Match, len(q.All))}
+	for i, or := range q.All {
+		out.All[i] = make([]store.Match, len(or))
+		for j, m := range or {
+			out.All[i][j] = store.Match{Param: m.Param, Value: s.keys.Blind(m.Param, m.Value)}
+		}
+	}
+	return out
+}
+
+// open decrypts a record's body in place. Terms read back are blind and
+// are dropped. A body whose data key was erased reads as store.ErrErased.
+func (s *Store) open(ctx context.Context, r *store.Record) error {
+	r.Terms = nil
+	if r.Deleted {
+		return nil
+	}
+	b, err := s.keys.Open(ctx, name(r.Type, r.ID, r.Version), r.Body)
+	if errors.Is(err, keys.ErrErased) {
+		return store.ErrErased
+	}
+	if err != nil {
+		return err
+	}
+	r.Body = b
+	return nil
+}
+
+// Get implements store.Store.
+func (s *Store) Get(ctx context.Context, k store.Key) (store.Record, error) {
+	r, err := s.Store.Get(ctx, k)
+	if err != nil {
+		return r, err
+	}
+	return r, s.open(ctx, &r)
+}
+
+// GetVersion implements store.Store.
+func (s *Store) GetVersion(ctx context.Context, k store.Key, v int64) (store.Record, error) {
+	r, err := s.Store.GetVersion(ctx, k, v)
+	if err != nil {
+		return r, err
+	}
+	return r, s.open(ctx, &r)
+}
+
+// History implements store.Store. Versions sealed under an erased data key
+// are left out of a type's history (they belong to an erased patient).
+func (s *Store) History(ctx context.Context, q store.HistoryQuery) ([]store.Record, int, error) {
+	rs, total, err := s.Store.History(ctx, q)
+	if err != nil {
+		return nil, 0, err
+	}
+	out := rs[:0]
+	for i := range rs {
+		err := s.open(ctx, &rs[i])
+		if errors.Is(err, store.ErrErased) && q.ID == "" {
+			total--
+			continue
+		}
+		if err != nil {
+			return nil, 0, err
+		}
+		out = append(out, rs[i])
+	}
+	return out, total, nil
+}
+
+// Search implements store.Store.
+func (s *Store) Search(ctx context.Context, q store.Query) ([]string, error) {
+	return s.Store.Search(ctx, *s.blindQuery(q))
+}
