@@ -102,7 +102,7 @@ func benchStores(b *testing.B, fn func(b *testing.B, st store.Store)) {
 	b.Run("plain", func(b *testing.B) { fn(b, newMemStore()) })
 	b.Run("sealed", func(b *testing.B) { fn(b, sealedtest.Wrap(b, newMemStore())) })
 }
-func (m *memStore) Close() error                                          { return nil }
+func (m *memStore) Close() error { return nil }
 
 func benchBody(b *testing.B) []byte {
 	body, err := os.ReadFile("../testdata/conformance/r4-examples/Patient-example.json")
