@@ -19,7 +19,9 @@ import (
 // Server is a running redis-server.
 type Server struct {
 	Addr string
-	cmd  *exec.Cmd
+	// Dir is the server's data directory (append-only file, RDB dumps).
+	Dir string
+	cmd *exec.Cmd
 }
 
 // URL returns the redis:// URL of the server.
@@ -56,7 +58,7 @@ func StartServer(dir string) (*Server, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	s := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", port), cmd: cmd}
+	s := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", port), Dir: dir, cmd: cmd}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if ping(s.Addr) == nil {
