@@ -96,7 +96,7 @@ func Open(ctx context.Context, ring KeyRing, st Storage, opts Options) (*Manager
 	if m.name, _, err = m.key(ctx, idName, true); err != nil {
 		return nil, fmt.Errorf("keys: naming key: %w", err)
 	}
-	m.blindPool.New = func() any { return hmac.New(sha256.New, m.index) }
+	m.blindPool.New = func() any { return &blinder{mac: hmac.New(sha256.New, m.index)} }
 	return m, nil
 }
 
@@ -303,17 +303,23 @@ func (e *IntegrityError) Error() string { return "integrity failure: " + e.Name 
 func (e *IntegrityError) Unwrap() error { return ErrIntegrity }
 
 // Blind returns the blind index token of a term: HMAC-SHA256 under the
-// index key of param and value, truncated to 128 bits, base64url.
+// index key of param, a zero byte and value, truncated to 128 bits,
+// base64url.
 func (m *Manager) Blind(param, value string) string {
-	h := m.blindPool.Get().(hash.Hash)
-	h.Reset()
-	h.Write([]byte(param))
-	h.Write([]byte{0})
-	h.Write([]byte(value))
+	b := m.blindPool.Get().(*blinder)
+	b.buf = append(append(append(b.buf[:0], param...), 0), value...)
+	b.mac.Reset()
+	b.mac.Write(b.buf)
 	var sum [sha256.Size]byte
-	out := base64.RawURLEncoding.EncodeToString(h.Sum(sum[:0])[:16])
-	m.blindPool.Put(h)
+	out := base64.RawURLEncoding.EncodeToString(b.mac.Sum(sum[:0])[:16])
+	m.blindPool.Put(b)
 	return out
+}
+
+// blinder is a keyed HMAC and a scratch buffer, pooled.
+type blinder struct {
+	mac hash.Hash
+	buf []byte
 }
 
 // Erase destroys owner's data key, leaving a marker with the time: every
