@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -17,11 +18,12 @@ import (
 // erase implements POST /fhir/Patient/{id}/$erase: crypto-shredding of the
 // patient's compartment. It destroys the patient's data key first (from
 // then on nothing sealed under it opens, in any process), then erases from
-// the store every resource whose current version was sealed under it
-// (all versions, history and index entries), the Patient last, and
-// records the erasure as an AuditEvent under the tenant key. Re-running it
-// finishes an interrupted erasure. Resources in the compartment that are
-// owned by another patient (see fhir.Params.Owner) are left alone.
+// the store every resource whose latest body was sealed under it, deleted
+// ones included (all versions, history and index entries), the Patient
+// last, and records the erasure as an AuditEvent under the tenant key.
+// Re-running it finishes an interrupted erasure. Resources in the
+// compartment owned by another patient (see fhir.Params.Owner) are left
+// alone.
 //
 // Until the consent issue lands any caller may erase; it is meant for
 // system-level clients only.
@@ -41,34 +43,27 @@ func (s *Server) erase(w http.ResponseWriter, r *http.Request) error {
 	if err := s.cfg.Keys.Erase(ctx, owner); err != nil {
 		return err
 	}
+	owned, ok := s.store.(interface {
+		Owned(ctx context.Context, t, owner string) ([]string, error)
+	})
+	if !ok {
+		return httpErr(http.StatusNotImplemented, fhir.CodeNotSupported, "$erase needs the sealed store")
+	}
 	erased := map[store.Key]bool{}
 	for _, t := range fhir.ResourceTypes() {
-		for _, name := range []string{"patient", "subject"} {
-			sp := s.params[t][name]
-			if sp == nil || sp.Type != fhir.TypeReference {
-				continue
-			}
-			ids, err := s.store.Search(ctx, store.Query{Type: t, All: [][]store.Match{{{Param: name, Value: "r:" + owner}}}})
-			if err != nil {
+		if t == "Patient" || s.params[t]["patient"] == nil && s.params[t]["subject"] == nil {
+			continue // not a compartment type: nothing there is sealed under the patient's key
+		}
+		ids, err := owned.Owned(ctx, t, owner)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
+			mk := store.Key{Type: t, ID: id}
+			if err := s.store.Erase(ctx, mk); err != nil {
 				return err
 			}
-			for _, id := range ids {
-				mk := store.Key{Type: t, ID: id}
-				if erased[mk] {
-					continue
-				}
-				_, err := s.store.Get(ctx, mk)
-				if err == nil || errors.Is(err, store.ErrNotFound) {
-					continue // sealed under another patient's or the tenant key
-				}
-				if !errors.Is(err, store.ErrErased) {
-					return err
-				}
-				if err := s.store.Erase(ctx, mk); err != nil {
-					return err
-				}
-				erased[mk] = true
-			}
+			erased[mk] = true
 		}
 	}
 	if err := s.store.Erase(ctx, k); err != nil {

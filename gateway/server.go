@@ -205,8 +205,12 @@ func (s *Server) negotiate(next http.Handler) http.Handler {
 		if r.Method == http.MethodPost || r.Method == http.MethodPut {
 			mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 			ok := mt == "application/fhir+json" || mt == "application/json" || mt == "application/json+fhir"
-			if strings.HasSuffix(r.URL.Path, "/_search") {
+			switch {
+			case strings.HasSuffix(r.URL.Path, "/_search"):
 				ok = mt == "application/x-www-form-urlencoded" || (mt == "" && r.ContentLength <= 0)
+			case strings.Contains(r.URL.Path, "/$"):
+				// An operation may be invoked without a body.
+				ok = ok || (mt == "" && r.ContentLength <= 0)
 			}
 			if !ok {
 				s.writeError(w, r, httpErr(http.StatusUnsupportedMediaType, fhir.CodeNotSupported, "Content-Type must be application/fhir+json or application/json"))

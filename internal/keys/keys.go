@@ -114,7 +114,7 @@ func (m *Manager) key(ctx context.Context, id string, create bool) ([]byte, []by
 			val, _ := json.Marshal(record{KEK: kekID, Wrapped: w})
 			switch err := m.st.PutKey(ctx, id, nil, val); {
 			case err == nil:
-				return k, val, nil
+				return m.settle(ctx, id, k, kekID, val)
 			case errors.Is(err, store.ErrConflict):
 				continue // another process created it first
 			default:
@@ -129,6 +129,39 @@ func (m *Manager) key(ctx context.Context, id string, create bool) ([]byte, []by
 		}
 		k, err := m.unwrap(ctx, id, stored)
 		return k, stored, err
+	}
+}
+
+// settle makes sure a key record just created under kekID is not left
+// under a KEK that a rotation started meanwhile (here or in another
+// process) is about to prune: Rewrap may have scanned before the record
+// was stored. It rewraps the plaintext, which it still holds, under the
+// current primary; the unwrapped KEK may be gone already.
+func (m *Manager) settle(ctx context.Context, id string, k []byte, kekID string, val []byte) ([]byte, []byte, error) {
+	for {
+		primary, err := m.ring.Primary(ctx)
+		if err != nil || primary == kekID {
+			return k, val, err
+		}
+		var w []byte
+		if kekID, w, err = m.ring.Wrap(ctx, k, wrapAAD(id)); err != nil {
+			return nil, nil, err
+		}
+		nv, _ := json.Marshal(record{KEK: kekID, Wrapped: w})
+		switch err := m.st.PutKey(ctx, id, val, nv); {
+		case err == nil:
+			val = nv
+		case errors.Is(err, store.ErrConflict):
+			// Rewrapped (or erased) by someone else: use what is stored.
+			cur, err := m.st.GetKey(ctx, id)
+			if err != nil {
+				return nil, nil, err
+			}
+			k, err := m.unwrap(ctx, id, cur)
+			return k, cur, err
+		default:
+			return nil, nil, err
+		}
 	}
 }
 

@@ -309,3 +309,36 @@ func TestConcurrentFirstUse(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyCreatedAcrossPrune: a process that has not yet re-read the KEK
+// file creates a data key right after another process rotated and pruned;
+// the key must be wrapped under the new KEK, or it would be lost with the
+// old one.
+func TestKeyCreatedAcrossPrune(t *testing.T) {
+	ctx := t.Context()
+	st := newStore(t)
+	path, ring1 := newRingFile(t)
+	ring2, err := keys.OpenFileRing(path) // another process
+	if err != nil {
+		t.Fatal(err)
+	}
+	m1 := open(t, ring1, st, 0)
+	m2 := open(t, ring2, st, 0)
+	if _, err := m1.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m1.Prune(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sealed, err := m2.Seal(ctx, "Patient/new", "Patient/new/_history/1", []byte("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := keys.OpenFileRing(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := open(t, fresh, st, 0).Open(ctx, "Patient/new/_history/1", sealed); err != nil {
+		t.Fatalf("a value sealed by another process after prune no longer opens: %v", err)
+	}
+}

@@ -227,7 +227,7 @@ func (r *FileRing) IDs() []string {
 
 // Primary implements KeyRing.
 func (r *FileRing) Primary(ctx context.Context) (string, error) {
-	if err := r.reload(false); err != nil {
+	if err := r.reload(true); err != nil {
 		return "", err
 	}
 	ids := r.IDs()
@@ -236,7 +236,10 @@ func (r *FileRing) Primary(ctx context.Context) (string, error) {
 
 // Wrap implements KeyRing.
 func (r *FileRing) Wrap(ctx context.Context, plaintext, aad []byte) (string, []byte, error) {
-	if err := r.reload(false); err != nil {
+	// Always against the file's current primary: another process may have
+	// rotated (and be about to prune) a moment ago. Wrap runs only when a
+	// data key is created or rewrapped, so the stat is cheap.
+	if err := r.reload(true); err != nil {
 		return "", nil, err
 	}
 	r.mu.RLock()

@@ -112,7 +112,8 @@ func (s *Store) GetVersion(ctx context.Context, k store.Key, v int64) (store.Rec
 }
 
 // History implements store.Store. Versions sealed under an erased data key
-// are left out of a type's history (they belong to an erased patient).
+// are left out (they belong to an erased patient; a resource moved out of
+// its compartment keeps its later versions).
 func (s *Store) History(ctx context.Context, q store.HistoryQuery) ([]store.Record, int, error) {
 	rs, total, err := s.Store.History(ctx, q)
 	if err != nil {
@@ -121,7 +122,7 @@ func (s *Store) History(ctx context.Context, q store.HistoryQuery) ([]store.Reco
 	out := rs[:0]
 	for i := range rs {
 		err := s.open(ctx, &rs[i])
-		if errors.Is(err, store.ErrErased) && q.ID == "" {
+		if errors.Is(err, store.ErrErased) {
 			total--
 			continue
 		}
@@ -136,4 +137,35 @@ func (s *Store) History(ctx context.Context, q store.HistoryQuery) ([]store.Reco
 // Search implements store.Store.
 func (s *Store) Search(ctx context.Context, q store.Query) ([]string, error) {
 	return s.Store.Search(ctx, *s.blindQuery(q))
+}
+
+// Owned returns the ids of the resources of type t whose latest body (for
+// a deleted resource, its last body before the delete) is sealed under
+// owner's data key. It reads the envelope headers of every stored version
+// of t, without decrypting: O(versions of t).
+func (s *Store) Owned(ctx context.Context, t, owner string) ([]string, error) {
+	want := s.keys.DataKeyID(owner)
+	decided := map[string]bool{}
+	var out []string
+	const page = 1000
+	for off := 0; ; off += page {
+		// Newest first: versions written meanwhile shift pages forward,
+		// so a version may be seen twice but none is skipped.
+		rs, _, err := s.Store.History(ctx, store.HistoryQuery{Type: t, Offset: off, Count: page})
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rs {
+			if decided[r.ID] || r.Deleted {
+				continue
+			}
+			decided[r.ID] = true
+			if id, ok := keys.EnvelopeKeyID(r.Body); ok && id == want {
+				out = append(out, r.ID)
+			}
+		}
+		if len(rs) < page {
+			return out, nil
+		}
+	}
 }
