@@ -3,6 +3,7 @@ package fhir
 import (
 	"encoding/json"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -495,41 +496,41 @@ type Term struct {
 	Value string
 }
 
-// MaxPrefixRunes bounds the string prefixes indexed: a normalised string
-// value is indexed by each of its prefixes of 1 to MaxPrefixRunes runes,
-// and a longer query string is looked up by its first MaxPrefixRunes runes
-// and the candidates filtered.
-const MaxPrefixRunes = 8
+// PrefixRunes are the lengths of the string prefixes indexed: a normalised
+// string value is indexed by its prefixes of these lengths (those it is
+// long enough for). A query string is looked up by its longest prefix of
+// one of these lengths, exactly when it has that length, else followed by
+// filtering the candidates; a query of one rune has no lookup (the type is
+// scanned). Fewer lengths mean fewer index entries per write (each is a
+// blind token: see docs/security.md) against more filtering per search.
+var PrefixRunes = []int{2, 3, 5, 8}
 
 // prefixTerms returns the prefix terms of a normalised string.
 func prefixTerms(norm string) []Term {
 	var out []Term
-	n := 0
+	n, next := 0, 0
 	for i := range norm {
-		if i > 0 {
+		if n == PrefixRunes[next] {
 			out = append(out, Term{Value: "p:" + norm[:i]})
-			if n++; n == MaxPrefixRunes {
+			if next++; next == len(PrefixRunes) {
 				return out
 			}
 		}
+		n++
 	}
-	if norm != "" {
+	if n == PrefixRunes[next] {
 		out = append(out, Term{Value: "p:" + norm})
 	}
 	return out
 }
 
 // prefixTerm returns the term a string query looks up, and whether the
-// lookup is exact (the query is no longer than MaxPrefixRunes runes).
-func prefixTerm(norm string) (string, bool) {
-	n := 0
-	for i := range norm {
-		if n == MaxPrefixRunes {
-			return "p:" + norm[:i], false
-		}
-		n++
+// lookup is exact; ok is false when the query is too short for any.
+func prefixTerm(norm string) (term string, exact, ok bool) {
+	for _, t := range slices.Backward(prefixTerms(norm)) {
+		return t.Value, len(t.Value)-len("p:") == len(norm), true
 	}
-	return "p:" + norm, true
+	return "", false, false
 }
 
 // IndexTerms returns every index term of a resource document, deduplicated.
@@ -537,7 +538,7 @@ func IndexTerms(doc map[string]any, params map[string]*SearchParam, base string)
 	seen := map[Term]bool{}
 	var out []Term
 	for name, sp := range params {
-		if name == ParamLastUpdated {
+		if name == ParamLastUpdated || sp.SameAs != "" {
 			continue
 		}
 		for _, v := range Extract(doc, sp, base) {

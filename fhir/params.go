@@ -31,6 +31,14 @@ type SearchParam struct {
 	// CodeSystem is the system implied for plain `code` values (R4 binds
 	// them to one code system), so `system|code` searches match them.
 	CodeSystem string
+	// SameAs names a parameter of the same type and paths whose index
+	// terms this one looks up; its own are not stored.
+	SameAs string
+}
+
+func sameAs(sp *SearchParam, name string) *SearchParam {
+	sp.SameAs = name
+	return sp
 }
 
 func coded(sp *SearchParam, system string) *SearchParam {
@@ -50,7 +58,7 @@ var nameParams = func(prefix string) []*SearchParam {
 		p("name", TypeString, "A portion of any part of the name", "name"),
 		p("family", TypeString, "A portion of the family name", "name.family"),
 		p("given", TypeString, "A portion of a given name", "name.given"),
-		p("phonetic", TypeString, "A portion of the name (phonetic match is not implemented; same as name)", "name"),
+		sameAs(p("phonetic", TypeString, "A portion of the name (phonetic match is not implemented; same as name)", "name"), "name"),
 		p("address", TypeString, "A portion of any part of the address", "address"),
 		p("address-city", TypeString, "A city specified in an address", "address.city"),
 		p("address-country", TypeString, "A country specified in an address", "address.country"),

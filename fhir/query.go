@@ -429,6 +429,9 @@ func (q *Query) Candidates() [][]Term {
 
 func termFor(c Clause, v QValue) (Term, bool) {
 	t := Term{Param: c.Name}
+	if c.Param != nil && c.Param.SameAs != "" {
+		t.Param = c.Param.SameAs
+	}
 	// :missing has no term to look up, and _lastUpdated is not indexed
 	// (IndexTerms skips it).
 	if c.Modifier == "missing" || c.Name == ParamLastUpdated {
@@ -465,7 +468,10 @@ func termFor(c Clause, v QValue) (Term, bool) {
 		if n == "" {
 			return t, false
 		}
-		t.Value, _ = prefixTerm(n)
+		var ok bool
+		if t.Value, _, ok = prefixTerm(n); !ok {
+			return t, false
+		}
 		return t, true
 	case TypeReference:
 		switch {
@@ -749,7 +755,7 @@ func (q *Query) Exact() bool {
 			}
 			switch c.Param.Type {
 			case TypeString:
-				if _, exact := prefixTerm(NormalizeString(v.Raw)); !exact || c.Modifier != "" {
+				if _, exact, _ := prefixTerm(NormalizeString(v.Raw)); !exact || c.Modifier != "" {
 					return false
 				}
 			case TypeQuantity:

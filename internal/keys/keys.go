@@ -101,10 +101,11 @@ func Open(ctx context.Context, ring KeyRing, st Storage, opts Options) (*Manager
 }
 
 // key reads (creating it if create and absent) and unwraps key record id.
+// Creation is tried first: a new patient's key then costs one store write
+// and no read.
 func (m *Manager) key(ctx context.Context, id string, create bool) ([]byte, []byte, error) {
 	for {
-		stored, err := m.st.GetKey(ctx, id)
-		if errors.Is(err, store.ErrNotFound) && create {
+		if create {
 			k := make([]byte, dekSize)
 			rand.Read(k)
 			kekID, w, err := m.ring.Wrap(ctx, k, wrapAAD(id))
@@ -112,16 +113,20 @@ func (m *Manager) key(ctx context.Context, id string, create bool) ([]byte, []by
 				return nil, nil, err
 			}
 			val, _ := json.Marshal(record{KEK: kekID, Wrapped: w})
-			switch err := m.st.PutKey(ctx, id, nil, val); {
-			case err == nil:
+			err = m.st.PutKey(ctx, id, nil, val)
+			if err == nil {
 				return m.settle(ctx, id, k, kekID, val)
-			case errors.Is(err, store.ErrConflict):
-				continue // another process created it first
-			default:
+			}
+			if !errors.Is(err, store.ErrConflict) {
 				return nil, nil, err
 			}
+			// It exists: read it.
 		}
+		stored, err := m.st.GetKey(ctx, id)
 		if errors.Is(err, store.ErrNotFound) {
+			if create {
+				continue
+			}
 			return nil, nil, ErrIntegrity // an envelope names a key never made
 		}
 		if err != nil {
