@@ -503,7 +503,7 @@ type Term struct {
 // filtering the candidates; a query of one rune has no lookup (the type is
 // scanned). Fewer lengths mean fewer index entries per write (each is a
 // blind token: see docs/security.md) against more filtering per search.
-var PrefixRunes = []int{2, 3, 5, 8}
+var PrefixRunes = []int{2, 3, 4, 5, 8}
 
 // prefixTerms returns the prefix terms of a normalised string.
 func prefixTerms(norm string) []Term {

@@ -246,10 +246,10 @@ func TestStringPrefixTerms(t *testing.T) {
 	}
 	sort.Strings(got)
 	want := []string{
-		// "o briain" is 8 runes: its prefixes of 2, 3, 5 and 8.
-		"family=p:o ", "family=p:o b", "family=p:o bri", "family=p:o briain",
+		// "o briain" is 8 runes: its prefixes of 2, 3, 4, 5 and 8.
+		"family=p:o ", "family=p:o b", "family=p:o br", "family=p:o bri", "family=p:o briain",
 		// "maximiliano" is 11: no longer prefix than 8.
-		"given=p:ma", "given=p:max", "given=p:maxim", "given=p:maximili",
+		"given=p:ma", "given=p:max", "given=p:maxi", "given=p:maxim", "given=p:maximili",
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("string prefix terms (-want +got):\n%s", diff)
