@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fhirgate/fhirgate/fhir"
+	"github.com/fhirgate/fhirgate/internal/keys"
 	"github.com/fhirgate/fhirgate/internal/store"
 	"github.com/gorilla/mux"
 )
@@ -133,22 +134,12 @@ func (s *Server) adminKeys(w http.ResponseWriter, r *http.Request) error {
 		return httpErr(http.StatusForbidden, fhir.CodeForbidden, "key administration is served to loopback clients only")
 	}
 	ctx := r.Context()
-	var (
-		out any
-		err error
-	)
-	switch op := mux.Vars(r)["op"]; {
-	case op == "status" && r.Method == http.MethodGet:
-		out, err = s.cfg.Keys.Status(ctx)
-	case op == "rotate" && r.Method == http.MethodPost:
-		out, err = s.cfg.Keys.Rotate(ctx)
-	case op == "rewrap" && r.Method == http.MethodPost:
-		var n int
-		n, err = s.cfg.Keys.Rewrap(ctx)
-		out = map[string]int{"rewrapped": n}
-	case op == "prune" && r.Method == http.MethodPost:
-		out, err = s.cfg.Keys.Prune(ctx)
-	default:
+	op := mux.Vars(r)["op"]
+	if (op == "status") != (r.Method == http.MethodGet) {
+		return httpErr(http.StatusNotFound, fhir.CodeNotSupported, "no such key operation")
+	}
+	out, err := s.cfg.Keys.Do(ctx, op)
+	if errors.Is(err, keys.ErrUnknownOp) {
 		return httpErr(http.StatusNotFound, fhir.CodeNotSupported, "no such key operation")
 	}
 	if err != nil {
@@ -156,7 +147,7 @@ func (s *Server) adminKeys(w http.ResponseWriter, r *http.Request) error {
 		s.log.ErrorContext(ctx, "key administration failed", slog.Any("error", err))
 		return httpErr(http.StatusInternalServerError, fhir.CodeException, err.Error())
 	}
-	s.log.InfoContext(ctx, "key administration", slog.String("op", mux.Vars(r)["op"]), slog.Any("result", out))
+	s.log.InfoContext(ctx, "key administration", slog.String("op", op), slog.Any("result", out))
 	b, _ := json.MarshalIndent(out, "", "  ")
 	w.Header().Set("Content-Type", "application/json")
 	w.Write(append(b, '\n'))

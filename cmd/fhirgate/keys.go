@@ -156,20 +156,7 @@ func keysCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	defer st.Close()
-	m := st.Keys()
-	var out any
-	switch op {
-	case "status":
-		out, err = m.Status(ctx)
-	case "rotate":
-		out, err = m.Rotate(ctx)
-	case "rewrap":
-		var n int
-		n, err = m.Rewrap(ctx)
-		out = map[string]int{"rewrapped": n}
-	case "prune":
-		out, err = m.Prune(ctx)
-	}
+	out, err := st.Keys().Do(ctx, op)
 	if err != nil {
 		return err
 	}

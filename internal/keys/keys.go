@@ -279,12 +279,8 @@ func (m *Manager) Seal(ctx context.Context, owner, name string, plaintext []byte
 		return nil, err
 	}
 	hdr := make([]byte, 0, 2+len(id)+aead.NonceSize()+len(plaintext)+aead.Overhead())
-	hdr = append(hdr, envelopeV1, byte(len(id)))
-	hdr = append(hdr, id...)
-	nonce := make([]byte, aead.NonceSize())
-	rand.Read(nonce)
-	out := append(hdr, nonce...)
-	return aead.Seal(out, nonce, plaintext, envelopeAAD(id, name)), nil
+	hdr = append(append(hdr, envelopeV1, byte(len(id))), id...)
+	return seal(aead, hdr, plaintext, envelopeAAD(id, name)), nil
 }
 
 // Open decrypts a Seal output bound to name. It fails with ErrIntegrity
@@ -302,11 +298,7 @@ func (m *Manager) Open(ctx context.Context, name string, sealed []byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	n := aead.NonceSize()
-	if len(rest) < n+aead.Overhead() {
-		return nil, &IntegrityError{Name: name}
-	}
-	pt, err := aead.Open(nil, rest[:n], rest[n:], envelopeAAD(id, name))
+	pt, err := open(aead, rest, envelopeAAD(id, name))
 	if err != nil {
 		return nil, &IntegrityError{Name: name}
 	}

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -245,7 +246,7 @@ func (r *FileRing) Wrap(ctx context.Context, plaintext, aad []byte) (string, []b
 	r.mu.RLock()
 	k := r.keks[len(r.keks)-1]
 	r.mu.RUnlock()
-	return k.id, seal(k.aead, plaintext, aad), nil
+	return k.id, seal(k.aead, nil, plaintext, aad), nil
 }
 
 // Unwrap implements KeyRing.
@@ -329,13 +330,17 @@ func (r *FileRing) write(b []byte) error {
 	return r.reload(true)
 }
 
-// seal encrypts with a random 96-bit nonce, returned in front.
-func seal(aead cipher.AEAD, plaintext, aad []byte) []byte {
-	out := make([]byte, aead.NonceSize(), aead.NonceSize()+len(plaintext)+aead.Overhead())
-	rand.Read(out)
-	return aead.Seal(out, out, plaintext, aad)
+// seal appends to dst a random 96-bit nonce and the encryption of
+// plaintext under it.
+func seal(aead cipher.AEAD, dst, plaintext, aad []byte) []byte {
+	n := len(dst)
+	dst = slices.Grow(dst, aead.NonceSize()+len(plaintext)+aead.Overhead())
+	dst = dst[:n+aead.NonceSize()]
+	rand.Read(dst[n:])
+	return aead.Seal(dst, dst[n:], plaintext, aad)
 }
 
+// open decrypts a seal output (without dst), failing with ErrIntegrity.
 func open(aead cipher.AEAD, sealed, aad []byte) ([]byte, error) {
 	n := aead.NonceSize()
 	if len(sealed) < n+aead.Overhead() {

@@ -154,3 +154,23 @@ func (m *Manager) Prune(ctx context.Context) (RotateResult, error) {
 	res.Removed, err = r.RemoveVersions(ctx)
 	return res, err
 }
+
+// ErrUnknownOp: Do was asked for an operation it does not know.
+var ErrUnknownOp = errors.New("keys: unknown key operation")
+
+// Do runs a key administration operation by name (status, rotate, rewrap
+// or prune) and returns its JSON-ready result.
+func (m *Manager) Do(ctx context.Context, op string) (any, error) {
+	switch op {
+	case "status":
+		return m.Status(ctx)
+	case "rotate":
+		return m.Rotate(ctx)
+	case "rewrap":
+		n, err := m.Rewrap(ctx)
+		return map[string]int{"rewrapped": n}, err
+	case "prune":
+		return m.Prune(ctx)
+	}
+	return nil, fmt.Errorf("%w %q", ErrUnknownOp, op)
+}

@@ -104,11 +104,20 @@ func termKey(t string, term store.Term, id string) ([]byte, bool) {
 	return key(t, term.Param, term.Value, id), true
 }
 
-// has reports whether b holds k (Bucket.Get cannot tell a nil or empty
-// value from a missing key).
+// lookup returns k's value in b and whether b holds k (Bucket.Get cannot
+// tell a nil or empty value from a missing key).
+func lookup(b *bolt.Bucket, k []byte) ([]byte, bool) {
+	got, v := b.Cursor().Seek(k)
+	if !bytes.Equal(got, k) {
+		return nil, false
+	}
+	return v, true
+}
+
+// has reports whether b holds k.
 func has(b *bolt.Bucket, k []byte) bool {
-	got, _ := b.Cursor().Seek(k)
-	return bytes.Equal(got, k)
+	_, ok := lookup(b, k)
+	return ok
 }
 
 // missing is the error for a resource with no current version: ErrErased
@@ -383,13 +392,7 @@ func (s *Store) Erase(ctx context.Context, k store.Key) error {
 }
 
 // keyVal returns id's key-material value and whether it exists.
-func keyVal(tx *bolt.Tx, id string) ([]byte, bool) {
-	k, v := tx.Bucket(bKeys).Cursor().Seek([]byte(id))
-	if k == nil || string(k) != id {
-		return nil, false
-	}
-	return v, true
-}
+func keyVal(tx *bolt.Tx, id string) ([]byte, bool) { return lookup(tx.Bucket(bKeys), []byte(id)) }
 
 // GetKey implements store.Store.
 func (s *Store) GetKey(ctx context.Context, id string) ([]byte, error) {
