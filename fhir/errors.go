@@ -36,6 +36,7 @@ const (
 	CodeInformational IssueCode = "informational"
 	CodeTransient     IssueCode = "transient"
 	CodeForbidden     IssueCode = "forbidden"
+	CodeLogin         IssueCode = "login"
 )
 
 // Issue is one OperationOutcome issue.

@@ -141,6 +141,14 @@ func fullParams() map[string][]*SearchParam {
 			p("value-quantity", TypeQuantity, "The value of the observation, if the value is a Quantity, or a SampledData", "value"),
 			p("value-string", TypeString, "The value of the observation, if the value is a string", "value"),
 		},
+		"PractitionerRole": {
+			p("active", TypeToken, "Whether this practitioner role record is in active use", "active"),
+			p("identifier", TypeToken, "A practitioner's Identifier", "identifier"),
+			p("organization", TypeReference, "The identity of the organization the practitioner represents / acts on behalf of", "organization"),
+			p("practitioner", TypeReference, "Practitioner that is able to provide the defined services for the organization", "practitioner"),
+			p("role", TypeToken, "The practitioner can perform this role at for the organization", "code"),
+			p("specialty", TypeToken, "The practitioner has this specialty at an organization", "specialty"),
+		},
 		"Consent": {
 			p("action", TypeToken, "Actions controlled by this rule", "provision.action"),
 			p("actor", TypeReference, "Resource for the actor (or group, by role)", "provision.actor.reference"),
@@ -282,8 +290,8 @@ const (
 )
 
 // DefaultParams returns the registry the server uses: full parameter sets
-// for Patient, Practitioner, Appointment, Observation, Consent, Encounter
-// and AuditEvent; for every other R4 type, `patient` and `subject` where R4
+// for Patient, Practitioner, PractitionerRole, Appointment, Observation,
+// Consent, Encounter and AuditEvent; for every other R4 type, `patient` and `subject` where R4
 // defines them. Every type also has _id and _lastUpdated.
 func DefaultParams() Params {
 	out := Params{}

@@ -428,3 +428,21 @@ func JSONString(s string) []byte {
 // DecodeStored decodes bytes the server stored itself (already validated)
 // into generic JSON for search matching.
 func DecodeStored(body []byte) (map[string]any, error) { return decodeDoc(body) }
+
+// Trusted wraps JSON the server generated itself (an AuditEvent, say) as a
+// Resource without validating it: the generator's tests validate what it
+// produces with Parse.
+func Trusted(body []byte) (*Resource, error) {
+	fields, err := topLevel(body)
+	if err != nil {
+		return nil, err
+	}
+	doc, err := decodeDoc(body)
+	if err != nil {
+		return nil, err
+	}
+	r := &Resource{Doc: doc, fields: fields}
+	r.Type, _ = doc["resourceType"].(string)
+	r.ID, _ = doc["id"].(string)
+	return r, nil
+}
