@@ -7,13 +7,18 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/fhirgate/fhirgate/fhir"
 	"github.com/fhirgate/fhirgate/gateway"
+	"github.com/fhirgate/fhirgate/internal/auth"
 	"github.com/fhirgate/fhirgate/internal/store"
+	"github.com/fhirgate/fhirgate/internal/store/boltstore"
 	"github.com/fhirgate/fhirgate/internal/store/sealed/sealedtest"
+	"github.com/fhirgate/fhirgate/policy"
 )
 
 // memStore is a minimal in-memory store.Store for benchmarks only: it
@@ -131,7 +136,7 @@ func BenchmarkCreate(b *testing.B) { benchStores(b, benchCreate) }
 
 func benchCreate(b *testing.B, st store.Store) {
 	body := benchBody(b)
-	gw := gateway.New(gateway.Config{Store: st, BaseURL: "http://x/fhir"})
+	gw := gateway.New(gateway.Config{Store: st, BaseURL: "http://x/fhir", NoAudit: true})
 	b.ReportAllocs()
 	for b.Loop() {
 		req := httptest.NewRequest(http.MethodPost, "/fhir/Patient", bytes.NewReader(body))
@@ -149,7 +154,7 @@ func BenchmarkRead(b *testing.B) { benchStores(b, benchRead) }
 
 func benchRead(b *testing.B, st store.Store) {
 	body := benchBody(b)
-	gw := gateway.New(gateway.Config{Store: st, BaseURL: "http://x/fhir"})
+	gw := gateway.New(gateway.Config{Store: st, BaseURL: "http://x/fhir", NoAudit: true})
 	req := httptest.NewRequest(http.MethodPut, "/fhir/Patient/example", bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/fhir+json")
 	w := httptest.NewRecorder()
@@ -164,5 +169,101 @@ func benchRead(b *testing.B, st store.Store) {
 		if w.Code != http.StatusOK {
 			b.Fatalf("status %d", w.Code)
 		}
+	}
+}
+
+// BenchmarkSecured measures create and read on a sealed bbolt store with
+// and without authentication, policy and audit: "open" is the bare REST
+// core; "system" a backend client (scopes only); "practitioner" a user
+// whose every request also goes through the patient's Consent; each
+// secured request also stores its AuditEvent.
+func BenchmarkSecured(b *testing.B) {
+	key, err := auth.GenerateDevKey()
+	if err != nil {
+		b.Fatal(err)
+	}
+	v, err := auth.NewVerifier(b.Context(), auth.Config{JWKS: key.PublicJWKS(), Issuer: auth.DevIssuer, Audience: auth.DevAudience})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sign := func(fhirUser, scope string) string {
+		tk, err := key.Sign(auth.Claims{Subject: "bench", FHIRUser: fhirUser, Scope: scope}, time.Hour)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return tk
+	}
+	sys := sign("", "system/*.*")
+	for _, c := range []struct {
+		name  string
+		open  bool
+		token string
+	}{
+		{"open", true, ""},
+		{"system", false, sys},
+		{"practitioner", false, sign("Practitioner/P1", "user/*.cruds")},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			backend, err := boltstore.New(b.Context(), boltstore.Config{Dir: b.TempDir()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Cleanup(func() { backend.Close() })
+			cfg := gateway.Config{Store: sealedtest.Wrap(b, backend), BaseURL: "http://x/fhir", NoAudit: c.open}
+			if !c.open {
+				eng, err := policy.New(b.Context(), policy.Config{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				cfg.Auth, cfg.Policy = v, eng
+			}
+			gw := gateway.New(cfg)
+			do := func(method, path, token string, body []byte) *httptest.ResponseRecorder {
+				req := httptest.NewRequest(method, path, bytes.NewReader(body))
+				if body != nil {
+					req.Header.Set("Content-Type", "application/fhir+json")
+				}
+				if token != "" {
+					req.Header.Set("Authorization", "Bearer "+token)
+				}
+				w := httptest.NewRecorder()
+				gw.ServeHTTP(w, req)
+				return w
+			}
+			do(http.MethodPut, "/fhir/Patient/A", sys, []byte(matrixPatient("A")))
+			do(http.MethodPost, "/fhir/Consent", sys, []byte(consent("Patient/A", "Practitioner/P1", "2020-01-01", "2100-01-01", "")))
+			obs := []byte(obsFor("Patient/A"))
+			do(http.MethodPut, "/fhir/Observation/o1", sys, []byte(strings.Replace(string(obs), `{"resourceType":"Observation",`, `{"resourceType":"Observation","id":"o1",`, 1)))
+			b.Run("create", func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if w := do(http.MethodPost, "/fhir/Observation", c.token, obs); w.Code != http.StatusCreated {
+						b.Fatalf("status %d: %s", w.Code, w.Body)
+					}
+				}
+			})
+			b.Run("read", func(b *testing.B) {
+				b.ReportAllocs()
+				for b.Loop() {
+					if w := do(http.MethodGet, "/fhir/Observation/o1", c.token, nil); w.Code != http.StatusOK {
+						b.Fatalf("status %d: %s", w.Code, w.Body)
+					}
+				}
+			})
+			// Concurrent reads: bbolt coalesces the AuditEvent writes of
+			// concurrent requests into one commit.
+			b.Run("read-parallel", func(b *testing.B) {
+				b.ReportAllocs()
+				b.SetParallelism(16)
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if w := do(http.MethodGet, "/fhir/Observation/o1", c.token, nil); w.Code != http.StatusOK {
+							b.Errorf("status %d: %s", w.Code, w.Body)
+							return
+						}
+					}
+				})
+			})
+		})
 	}
 }

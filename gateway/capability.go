@@ -87,6 +87,7 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) error {
 		"format":      []string{"application/fhir+json", "json"},
 		"rest": []any{map[string]any{
 			"mode":     "server",
+			"security": s.security(),
 			"resource": s.capa,
 			"searchParam": []capabilityParam{
 				{Name: "_id", Type: "token"}, {Name: "_lastUpdated", Type: "date"},

@@ -8,11 +8,11 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/fhirgate/fhirgate/fhir"
 	"github.com/fhirgate/fhirgate/internal/keys"
 	"github.com/fhirgate/fhirgate/internal/store"
+	"github.com/fhirgate/fhirgate/policy"
 	"github.com/gorilla/mux"
 )
 
@@ -24,10 +24,8 @@ import (
 // last, and records the erasure as an AuditEvent under the tenant key.
 // Re-running it finishes an interrupted erasure. Resources in the
 // compartment owned by another patient (see fhir.Params.Owner) are left
-// alone.
-//
-// Until the consent issue lands any caller may erase; it is meant for
-// system-level clients only.
+// alone. The policy decides who may (action "operation", operation
+// "erase"; the shipped policy: system clients that may delete Patients).
 func (s *Server) erase(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Keys == nil {
 		return httpErr(http.StatusNotImplemented, fhir.CodeNotSupported, "$erase needs the sealed store")
@@ -37,10 +35,13 @@ func (s *Server) erase(w http.ResponseWriter, r *http.Request) error {
 	if !fhir.ValidID(k.ID) {
 		return httpErr(http.StatusBadRequest, fhir.CodeValue, "invalid resource id")
 	}
+	owner := k.String()
+	if _, err := s.authorize(r, "operation", policy.Resource{Type: "Patient", ID: k.ID, Compartments: []string{owner}}); err != nil {
+		return err
+	}
 	if _, err := s.store.Get(ctx, k); err != nil && !errors.Is(err, store.ErrErased) {
 		return err
 	}
-	owner := k.String()
 	if err := s.cfg.Keys.Erase(ctx, owner); err != nil {
 		return err
 	}
@@ -63,6 +64,11 @@ func (s *Server) erase(w http.ResponseWriter, r *http.Request) error {
 			mk := store.Key{Type: t, ID: id}
 			if err := s.store.Erase(ctx, mk); err != nil {
 				return err
+			}
+			if t == "Consent" {
+				if err := s.consents.forget(ctx, id); err != nil {
+					return err
+				}
 			}
 			erased[mk] = true
 		}
@@ -90,48 +96,42 @@ func (s *Server) erase(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// recordErasure stores the AuditEvent of an erasure. It names the patient
-// by identifier, not by reference, so that it is in no compartment and is
-// sealed under the tenant key (and survives the erasure it records).
+// recordErasure stores the AuditEvent of an erasure, in place of the
+// request's usual one. It names the patient by identifier, not by
+// reference, so that it is in no compartment and is sealed under the
+// tenant key (and survives the erasure it records).
 func (s *Server) recordErasure(r *http.Request, k store.Key, n int) (string, error) {
-	ev := map[string]any{
-		"resourceType": "AuditEvent",
-		"type":         map[string]any{"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest", "display": "Restful Operation"},
-		"subtype":      []any{map[string]any{"system": "urn:fhirgate:operation", "code": "erase", "display": "Patient $erase (crypto-shredding)"}},
-		"action":       "D",
-		"recorded":     s.now().UTC().Format(time.RFC3339Nano),
-		"outcome":      "0",
-		"outcomeDesc":  "erased " + strconv.Itoa(n) + " resources",
-		"agent":        []any{map[string]any{"requestor": true, "who": map[string]any{"display": "system"}}},
-		"source":       map[string]any{"observer": map[string]any{"display": "fhirgate"}},
-		"entity": []any{map[string]any{
-			"what": map[string]any{"identifier": map[string]any{"system": "urn:fhirgate:erased", "value": k.String()}},
-			"type": map[string]any{"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "1", "display": "Person"},
-		}},
+	a := accessFrom(r.Context())
+	ev := s.auditEvent(r, a, http.StatusOK, s.now().UTC(), "", nil)
+	ev["outcomeDesc"] = "erased " + strconv.Itoa(n) + " resources"
+	ev["entity"] = []any{
+		obj{"what": obj{"identifier": obj{"system": "urn:fhirgate:erased", "value": k.String()}},
+			"type": coding(csEntityType, "1")},
+		s.decisionEntity(a),
 	}
-	b, _ := json.Marshal(ev)
-	res, err := fhir.Parse(b, fhir.ParseOptions{})
+	ref, err := s.storeAudit(r, ev)
 	if err != nil {
 		return "", err
 	}
-	ak := store.Key{Type: "AuditEvent", ID: newID()}
-	res.ID = ak.ID
-	if _, err := s.write(r, res, ak, 1, store.PutOptions{}); err != nil {
-		return "", err
-	}
-	return ak.String(), nil
+	a.audited = true
+	return ref, nil
 }
 
 // Key administration (/admin/keys/...): status, rotation and pruning of
 // key-encryption keys, run inside the gateway so that it works on the
-// embedded store, whose file the gateway holds locked. Until the
-// authentication issue lands these answer loopback clients only.
+// embedded store, whose file the gateway holds locked. The policy decides
+// who may (action "operation", operation "admin-keys"; the shipped policy:
+// system clients with system/*.*). An open server (no Authenticator)
+// answers loopback clients only.
 func (s *Server) adminKeys(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Keys == nil {
 		return httpErr(http.StatusNotImplemented, fhir.CodeNotSupported, "no key manager")
 	}
-	if host, _, err := net.SplitHostPort(r.RemoteAddr); err != nil || !net.ParseIP(host).IsLoopback() {
-		return httpErr(http.StatusForbidden, fhir.CodeForbidden, "key administration is served to loopback clients only")
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); s.cfg.Auth == nil && (err != nil || !net.ParseIP(host).IsLoopback()) {
+		return httpErr(http.StatusForbidden, fhir.CodeForbidden, "without authentication, key administration is served to loopback clients only")
+	}
+	if _, err := s.authorize(r, "operation", policy.Resource{}); err != nil {
+		return err
 	}
 	ctx := r.Context()
 	op := mux.Vars(r)["op"]

@@ -26,14 +26,7 @@ var redisPrefix atomic.Int64
 // eachStore runs fn against a fresh boltstore and a fresh redisstore (on
 // its own redis-server, with a key prefix of its own).
 func eachStore(t *testing.T, fn func(t *testing.T, st store.Store)) {
-	t.Run("bolt", func(t *testing.T) {
-		st, err := boltstore.New(t.Context(), boltstore.Config{Dir: t.TempDir()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		fn(t, sealedtest.Wrap(t, st))
-	})
+	t.Run("bolt", func(t *testing.T) { fn(t, boltStore(t)) })
 	t.Run("redis", func(t *testing.T) {
 		srv := redistest.Start(t)
 		st, err := redisstore.New(t.Context(), redisstore.Config{URL: srv.URL(), Prefix: fmt.Sprintf("gw%d", redisPrefix.Add(1))})
@@ -43,6 +36,17 @@ func eachStore(t *testing.T, fn func(t *testing.T, st store.Store)) {
 		t.Cleanup(func() { st.Close() })
 		fn(t, sealedtest.Wrap(t, st))
 	})
+}
+
+// boltStore is a fresh sealed boltstore.
+func boltStore(t *testing.T) store.Store {
+	t.Helper()
+	st, err := boltstore.New(t.Context(), boltstore.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return sealedtest.Wrap(t, st)
 }
 
 // server is a gateway on an httptest server.

@@ -5,14 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/fhirgate/fhirgate/fhir"
 	"github.com/fhirgate/fhirgate/internal/store"
+	"github.com/fhirgate/fhirgate/policy"
 	"github.com/gorilla/mux"
 )
 
@@ -213,6 +216,10 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) error {
 	// R4: the server assigns the id; one in the body is ignored.
 	k := store.Key{Type: t, ID: newID()}
 	res.ID = k.ID
+	comps := s.params.Compartments(t, k.ID, res.Doc, s.base(r))
+	if _, err := s.authorize(r, "create", policy.Resource{Type: t, ID: k.ID, Compartments: comps}); err != nil {
+		return err
+	}
 	if err := s.checkReferences(r, res); err != nil {
 		return err
 	}
@@ -223,7 +230,30 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	s.written(r, rec, comps)
 	s.respondWrite(w, r, rec, http.StatusCreated, res.Warnings)
+	return nil
+}
+
+// written records a version the request stored, for its AuditEvent, and
+// brings a Consent into the policy at once. (Were that to fail, the next
+// consent sync would catch up from the store.)
+func (s *Server) written(r *http.Request, rec store.Record, comps []string) {
+	s.touchRecord(r, rec, comps)
+	if err := s.consents.apply(r.Context(), rec); err != nil {
+		s.log.WarnContext(r.Context(), "consent not applied to the policy yet", slog.Any("error", err))
+	}
+}
+
+// errAppendOnly refuses to change or delete an AuditEvent: the audit trail
+// is only ever appended to (a new AuditEvent, by POST or by PUT to a new
+// id, is fine).
+var errAppendOnly = httpErr(http.StatusMethodNotAllowed, fhir.CodeNotSupported, "AuditEvents cannot be updated or deleted")
+
+func appendOnly(t string) error {
+	if t == "AuditEvent" {
+		return errAppendOnly
+	}
 	return nil
 }
 
@@ -255,6 +285,9 @@ func (s *Server) conditionalCreate(w http.ResponseWriter, r *http.Request, res *
 			if err != nil {
 				return err
 			}
+			if err := s.authorizeRecord(r, "read", rec); err != nil {
+				return err
+			}
 			s.respondWrite(w, r, rec, http.StatusOK, nil)
 			return nil
 		default:
@@ -271,6 +304,7 @@ func (s *Server) conditionalCreate(w http.ResponseWriter, r *http.Request, res *
 		if err != nil {
 			return err
 		}
+		s.written(r, rec, s.params.Compartments(k.Type, k.ID, res.Doc, s.base(r)))
 		s.respondWrite(w, r, rec, http.StatusCreated, res.Warnings)
 		return nil
 	}
@@ -312,7 +346,24 @@ func (s *Server) read(w http.ResponseWriter, r *http.Request) error {
 		s.setVersionHeaders(w, rec)
 		return errGone
 	}
+	if err := s.authorizeRecord(r, "read", rec); err != nil {
+		return err
+	}
 	return s.serveRecord(w, r, rec)
+}
+
+// authorizeRecord asks the policy about action on a stored version, and
+// records it for the audit when allowed.
+func (s *Server) authorizeRecord(r *http.Request, action string, rec store.Record) error {
+	comps, err := s.compartmentsOf(rec, nil, s.base(r))
+	if err != nil {
+		return err
+	}
+	if _, err := s.authorize(r, action, policy.Resource{Type: rec.Type, ID: rec.ID, Compartments: comps}); err != nil {
+		return err
+	}
+	s.touchRecord(r, rec, comps)
+	return nil
 }
 
 func (s *Server) serveRecord(w http.ResponseWriter, r *http.Request, rec store.Record) error {
@@ -355,6 +406,9 @@ func (s *Server) vread(w http.ResponseWriter, r *http.Request) error {
 		s.setVersionHeaders(w, rec)
 		return errGone
 	}
+	if err := s.authorizeRecord(r, "vread", rec); err != nil {
+		return err
+	}
 	return s.serveRecord(w, r, rec)
 }
 
@@ -389,6 +443,8 @@ func (s *Server) updateResource(w http.ResponseWriter, r *http.Request, res *fhi
 		}
 		want = v
 	}
+	base := s.base(r)
+	comps := s.params.Compartments(k.Type, k.ID, res.Doc, base)
 	for attempt := 0; attempt < 10; attempt++ {
 		cur, err := s.store.Get(r.Context(), k)
 		var next int64 = 1
@@ -398,6 +454,29 @@ func (s *Server) updateResource(w http.ResponseWriter, r *http.Request, res *fhi
 			return err
 		default:
 			next = cur.Version + 1
+		}
+		// The caller must be allowed to change the stored version as well
+		// as to write the new one: it may not move a resource out of a
+		// compartment it has no access to.
+		all := comps
+		if next > 1 && k.Type == "AuditEvent" {
+			return errAppendOnly
+		}
+		if next > 1 {
+			old, err := s.compartmentsOf(cur, nil, base)
+			if err != nil {
+				return err
+			}
+			all = union(comps, old)
+		}
+		// An update that creates the resource needs the create permission
+		// (SMART v2: c), whatever the interaction is called.
+		action := "update"
+		if next == 1 {
+			action = "create"
+		}
+		if _, err := s.authorize(r, action, policy.Resource{Type: k.Type, ID: k.ID, Compartments: all}); err != nil {
+			return err
 		}
 		if ifMatch != "" && (next == 1 || cur.Version != want) {
 			return httpErr(http.StatusPreconditionFailed, fhir.CodeConflict, "If-Match does not match the current version")
@@ -416,6 +495,7 @@ func (s *Server) updateResource(w http.ResponseWriter, r *http.Request, res *fhi
 		if next == 1 || cur.Deleted {
 			status = http.StatusCreated
 		}
+		s.written(r, rec, comps)
 		s.respondWrite(w, r, rec, status, res.Warnings)
 		return nil
 	}
@@ -470,6 +550,9 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if err := appendOnly(k.Type); err != nil {
+		return err
+	}
 	return s.deleteKey(w, r, k)
 }
 
@@ -477,10 +560,20 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request, k store.Key) 
 	for attempt := 0; attempt < 10; attempt++ {
 		cur, err := s.store.Get(r.Context(), k)
 		if errors.Is(err, store.ErrNotFound) {
+			if _, err := s.authorize(r, "delete", policy.Resource{Type: k.Type, ID: k.ID}); err != nil {
+				return err
+			}
 			w.WriteHeader(http.StatusNoContent)
 			return nil
 		}
 		if err != nil {
+			return err
+		}
+		comps, err := s.compartmentsOf(cur, nil, s.base(r))
+		if err != nil {
+			return err
+		}
+		if _, err := s.authorize(r, "delete", policy.Resource{Type: k.Type, ID: k.ID, Compartments: comps}); err != nil {
 			return err
 		}
 		if cur.Deleted {
@@ -501,6 +594,7 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request, k store.Key) 
 		if err != nil {
 			return err
 		}
+		s.written(r, rec, comps)
 		s.setVersionHeaders(w, rec)
 		w.WriteHeader(http.StatusNoContent)
 		return nil
@@ -511,6 +605,9 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request, k store.Key) 
 func (s *Server) conditionalDelete(w http.ResponseWriter, r *http.Request) error {
 	q, err := s.conditionalQuery(r)
 	if err != nil {
+		return err
+	}
+	if err := appendOnly(q.Type); err != nil {
 		return err
 	}
 	t := q.Type
@@ -526,4 +623,15 @@ func (s *Server) conditionalDelete(w http.ResponseWriter, r *http.Request) error
 		return s.deleteKey(w, r, store.Key{Type: t, ID: ids[0]})
 	}
 	return httpErr(http.StatusPreconditionFailed, fhir.CodeMultipleMatch, "conditional delete criteria matched more than one resource")
+}
+
+// union returns a followed by the members of b not in a.
+func union(a, b []string) []string {
+	out := slices.Clone(a)
+	for _, x := range b {
+		if !slices.Contains(out, x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/fhirgate/fhirgate/fhir"
 	"github.com/fhirgate/fhirgate/internal/store"
+	"github.com/fhirgate/fhirgate/policy"
 )
 
 // hit is a matched resource with its decoded document.
@@ -107,6 +108,14 @@ func (s *Server) search(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// The type-level decision: may the subject search t at all, and does
+	// it see every match (unconditional) or only those the policy allows
+	// one by one? Totals and pages count only what it sees.
+	d, err := s.authorize(r, "search-type", policy.Resource{Type: t})
+	if err != nil {
+		return err
+	}
+	accessFrom(r.Context()).query = q.Canonical.Encode()
 	count := q.Count
 	if _, set := vals["_count"]; !set {
 		count = defaultCount
@@ -114,7 +123,7 @@ func (s *Server) search(w http.ResponseWriter, r *http.Request) error {
 	if count > maxCount {
 		count = maxCount
 	}
-	hits, total, err := s.page(r, q, count)
+	hits, total, err := s.page(r, q, count, !d.Unconditional)
 	if err != nil {
 		return err
 	}
@@ -145,6 +154,9 @@ func (s *Server) search(w http.ResponseWriter, r *http.Request) error {
 	seen := map[string]bool{}
 	for _, h := range page {
 		seen[h.rec.Type+"/"+h.rec.ID] = true
+		if err := s.touchHit(r, h, base); err != nil {
+			return err
+		}
 		b.entry(base, h.rec, "match")
 	}
 	if err := s.addIncludes(r, b, q, page, seen, base); err != nil {
@@ -172,11 +184,11 @@ func (s *Server) pageURL(base, t string, q *fhir.Query, offset, count int) strin
 }
 
 // page returns one page of matches and the total. When the store's index
-// answers the query exactly and no _sort is asked for, only the page's
-// resources are read; otherwise every candidate is read, checked and
-// sorted.
-func (s *Server) page(r *http.Request, q *fhir.Query, count int) ([]hit, int, error) {
-	if q.Exact() && len(q.Sort) == 0 && len(q.Clauses) > 0 {
+// answers the query exactly, no _sort is asked for and the policy need not
+// filter, only the page's resources are read; otherwise every candidate is
+// read, checked (with filter, also by the policy) and sorted.
+func (s *Server) page(r *http.Request, q *fhir.Query, count int, filter bool) ([]hit, int, error) {
+	if q.Exact() && len(q.Sort) == 0 && len(q.Clauses) > 0 && !filter {
 		ids, err := s.store.Search(r.Context(), *toStoreQuery(q))
 		if err != nil {
 			return nil, 0, err
@@ -192,6 +204,19 @@ func (s *Server) page(r *http.Request, q *fhir.Query, count int) ([]hit, int, er
 	hits, err := s.matches(r, q)
 	if err != nil {
 		return nil, 0, err
+	}
+	if filter {
+		vis := hits[:0]
+		for _, h := range hits {
+			ok, err := s.visible(r, "search-type", h.rec, h.doc)
+			if err != nil {
+				return nil, 0, err
+			}
+			if ok {
+				vis = append(vis, h)
+			}
+		}
+		hits = vis
 	}
 	sortHits(hits, q, s.base(r))
 	start := min(q.Offset, len(hits))
@@ -277,6 +302,15 @@ func (s *Server) addIncludes(r *http.Request, b *bundle, q *fhir.Query, page []h
 					continue
 				}
 				seen[key] = true
+				if ok, err := s.visible(r, "search-type", rh.rec, rh.doc); err != nil || !ok {
+					if err != nil {
+						return err
+					}
+					continue
+				}
+				if err := s.touchHit(r, rh, base); err != nil {
+					return err
+				}
 				b.entry(base, rh.rec, "include")
 			}
 		}
@@ -318,8 +352,19 @@ func (s *Server) include(r *http.Request, b *bundle, inc fhir.Include, src []hit
 				return added, err
 			}
 			seen[key] = true
+			// _include never leaks: an included resource is checked on its own.
+			if ok, err := s.visible(r, "search-type", rec, doc); err != nil || !ok {
+				if err != nil {
+					return added, err
+				}
+				continue
+			}
+			h := hit{rec: rec, doc: doc}
+			if err := s.touchHit(r, h, base); err != nil {
+				return added, err
+			}
 			b.entry(base, rec, "include")
-			added = append(added, hit{rec: rec, doc: doc})
+			added = append(added, h)
 		}
 	}
 	return added, nil
@@ -372,8 +417,7 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request, hq store.Histor
 			}
 		}
 	}
-	hq.Count = max(count, 1) // _count=0 asks for the total only
-	recs, total, err := s.store.History(r.Context(), hq)
+	recs, total, err := s.historyPage(r, hq, count)
 	if err != nil {
 		return err
 	}
@@ -407,9 +451,72 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request, hq store.Histor
 		b.link("previous", link(max(0, hq.Offset-count)))
 	}
 	for _, rec := range recs {
+		if err := s.touchHit(r, hit{rec: rec}, base); err != nil {
+			return err
+		}
 		b.historyEntry(base, rec)
 	}
 	return b.write(w)
+}
+
+// historyPage returns one page of history and the total, both counting
+// only the versions the policy lets the subject see.
+func (s *Server) historyPage(r *http.Request, hq store.HistoryQuery, count int) ([]store.Record, int, error) {
+	action, res := "history-type", policy.Resource{Type: hq.Type}
+	if hq.ID != "" {
+		action = "history-instance"
+		cur, err := s.store.Get(r.Context(), store.Key{Type: hq.Type, ID: hq.ID})
+		if err != nil {
+			return nil, 0, err
+		}
+		if cur.Deleted {
+			// The history of a deleted resource is as its last version left it.
+			if cur, err = s.store.GetVersion(r.Context(), cur.Key(), cur.Version-1); err != nil {
+				return nil, 0, err
+			}
+		}
+		comps, err := s.compartmentsOf(cur, nil, s.base(r))
+		if err != nil {
+			return nil, 0, err
+		}
+		res = policy.Resource{Type: hq.Type, ID: hq.ID, Compartments: comps}
+	}
+	d, err := s.authorize(r, action, res)
+	if err != nil {
+		return nil, 0, err
+	}
+	if d.Unconditional {
+		hq.Count = max(count, 1) // _count=0 asks for the total only
+		return s.store.History(r.Context(), hq)
+	}
+	all := hq
+	all.Offset, all.Count = 0, 0
+	recs, _, err := s.store.History(r.Context(), all)
+	if err != nil {
+		return nil, 0, err
+	}
+	vis := recs[:0]
+	for _, rec := range recs {
+		ok, err := s.visible(r, action, rec, nil)
+		if err != nil {
+			return nil, 0, err
+		}
+		if ok {
+			vis = append(vis, rec)
+		}
+	}
+	start := min(hq.Offset, len(vis))
+	return vis[start:min(start+max(count, 1), len(vis))], len(vis), nil
+}
+
+// touchHit records a resource a search or history returns.
+func (s *Server) touchHit(r *http.Request, h hit, base string) error {
+	comps, err := s.compartmentsOf(h.rec, h.doc, base)
+	if err != nil {
+		return err
+	}
+	s.touchRecord(r, h.rec, comps)
+	return nil
 }
 
 // bundle writes a Bundle around stored resource bytes, without

@@ -47,6 +47,17 @@ type Config struct {
 	// Keys, the manager Store is sealed with, enables Patient/$erase and
 	// the /admin/keys endpoints. Default: Store's Keys method, if any.
 	Keys *keys.Manager
+
+	// Auth verifies bearer tokens. Nil: an open server, every request
+	// acting as a system client with system/*.* (tests and embedding only:
+	// `fhirgate serve` always authenticates).
+	Auth Authenticator
+	// Policy decides every access. Nil: everything is allowed.
+	Policy Policy
+	// SMART is served at /.well-known/smart-configuration.
+	SMART SMARTConfig
+	// NoAudit turns off AuditEvents (benchmarks of the bare REST core).
+	NoAudit bool
 }
 
 // Server serves the FHIR REST API.
@@ -58,8 +69,10 @@ type Server struct {
 	now    func() time.Time
 	router *mux.Router
 	// capa is the CapabilityStatement's rest.resource list, built once.
-	capa    []capabilityResource
-	metrics *metrics
+	capa     []capabilityResource
+	metrics  *metrics
+	consents *consentSync
+	tokens   tokenCache
 }
 
 // New returns a Server.
@@ -83,6 +96,7 @@ func New(cfg Config) *Server {
 	}
 	s.capa = capabilityResources(s.params)
 	s.metrics = newMetrics()
+	s.consents = &consentSync{s: s}
 	s.routes()
 	return s
 }
@@ -93,8 +107,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.Se
 // handlerFunc is an HTTP handler that returns its error for writeError.
 type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 
+// wrap adapts h. For an interaction with records, the response is held
+// back until the request's AuditEvents are stored.
 func (s *Server) wrap(h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if a := accessFrom(r.Context()); a != nil {
+			s.respondAudited(w, r, a, func(w http.ResponseWriter) error { return h(w, r) })
+			return
+		}
 		if err := h(w, r); err != nil {
 			s.writeError(w, r, err)
 		}
@@ -103,17 +123,20 @@ func (s *Server) wrap(h handlerFunc) http.Handler {
 
 func (s *Server) routes() {
 	r := mux.NewRouter()
-	r.Use(s.logRequests)
+	r.Use(s.logRequests, s.authenticate)
 	r.Handle("/healthz", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Write([]byte("ok\n"))
 	})).Methods(http.MethodGet, http.MethodHead).Name("healthz")
 	r.Handle("/readyz", s.wrap(s.readyz)).Methods(http.MethodGet, http.MethodHead).Name("readyz")
 	r.Handle("/metrics", s.metrics.handler()).Methods(http.MethodGet).Name("metrics")
+	r.Handle("/.well-known/smart-configuration", s.wrap(s.smartConfiguration)).Methods(http.MethodGet).Name("smart-configuration")
+	r.Handle("/.well-known/jwks.json", s.wrap(s.jwks)).Methods(http.MethodGet).Name("jwks")
 	r.Handle("/admin/keys/{op}", s.wrap(s.adminKeys)).Methods(http.MethodGet, http.MethodPost).Name("admin-keys")
 
 	f := r.PathPrefix("/fhir").Subrouter()
 	f.Use(s.negotiate)
 	f.Handle("/metadata", s.wrap(s.metadata)).Methods(http.MethodGet).Name("metadata")
+	f.Handle("/.well-known/smart-configuration", s.wrap(s.smartConfiguration)).Methods(http.MethodGet).Name("smart-configuration")
 	f.Handle("/{type}/_search", s.wrap(s.search)).Methods(http.MethodPost).Name("search-post")
 	f.Handle("/Patient/{id}/$erase", s.wrap(s.erase)).Methods(http.MethodPost).Name("erase")
 	f.Handle("/{type}/_history", s.wrap(s.typeHistory)).Methods(http.MethodGet).Name("history-type")
@@ -179,6 +202,8 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
 		next.ServeHTTP(sw, r)
+		took := time.Since(start)
+		s.metrics.observeRequest(routeName(r), r.Method, sw.status, took)
 		level := slog.LevelDebug
 		if sw.status >= 500 {
 			level = slog.LevelWarn
@@ -186,7 +211,7 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 		s.log.Log(r.Context(), level, "http request",
 			slog.String("method", r.Method), slog.String("route", routeName(r)),
 			slog.Int("status", sw.status), slog.Int("bytes", sw.bytes),
-			slog.Duration("duration", time.Since(start)))
+			slog.Duration("duration", took))
 	})
 }
 
