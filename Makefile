@@ -1,14 +1,15 @@
 # fhirgate — two commands set everything up on a fresh machine:
 #   make run    embedded server on 127.0.0.1:8080 (bbolt store under ./data)
-#   make test   installs what the tests need, then go vet, go test -race ./...
-#               and the conformance suite against the embedded and the Redis backends
+#   make test   installs what the tests need, then go vet, go test -race ./...,
+#               the Rego policy tests and the conformance suite against the
+#               embedded and the Redis backends
 SHELL := /bin/bash
 GO    ?= go
 BIN   := bin/fhirgate
 ADDR  ?= 127.0.0.1:8080
 DATA  ?= ./data
 
-.PHONY: all build run test deps vet unit conformance bench bench-parse docker clean
+.PHONY: all build run test deps vet unit policy-test conformance bench bench-parse docker clean
 
 all: build
 
@@ -39,10 +40,15 @@ vet:
 unit:
 	$(GO) test -race -count=1 ./...
 
+# policy-test runs the shipped policy's Rego unit tests as policy authors
+# run theirs (fhirgate policy test DIR gives the same results as opa test).
+policy-test: build
+	$(BIN) policy test -v
+
 conformance: build
 	bash conformance/run.sh $(BIN)
 
-test: deps vet unit conformance
+test: deps vet unit policy-test conformance
 
 bench-parse:
 	$(GO) test -run '^$$' -bench . -benchmem ./fhir/ ./gateway/

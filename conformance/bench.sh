@@ -14,11 +14,14 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 wait_ready() { for _ in $(seq 1 100); do "$BIN" healthcheck --url "http://$1/readyz" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
 
+# run_all BASE NAME DATA-DIR: every workload as a system client (a token
+# from the dev issuer whose key is in DATA-DIR).
 run_all() {
-  local base=$1
+  local base=$1 token
+  token=$("$BIN" token --data-dir "$3" --scope 'system/*.*')
   for w in create read search mixed; do
     echo "-- $2: $w"
-    "$BENCH" --base-url "$base" --workload "$w" -c "$C" --duration "$DUR" --seed 500
+    "$BENCH" --base-url "$base" --token "$token" --workload "$w" -c "$C" --duration "$DUR" --seed 500
   done
 }
 
@@ -26,7 +29,7 @@ P=$(free_port)
 "$BIN" serve --addr "127.0.0.1:$P" --data-dir "$WORK/bolt" --log-level warn &
 PIDS+=($!)
 wait_ready "127.0.0.1:$P"
-run_all "http://127.0.0.1:$P/fhir" embedded
+run_all "http://127.0.0.1:$P/fhir" embedded "$WORK/bolt"
 
 RP=$(free_port)
 redis-server --port "$RP" --bind 127.0.0.1 --dir "$WORK" --save "" --appendonly yes --appendfsync everysec --daemonize no >"$WORK/redis.log" 2>&1 &
@@ -34,7 +37,7 @@ PIDS+=($!)
 for _ in $(seq 1 100); do redis-cli -p "$RP" ping >/dev/null 2>&1 && break; sleep 0.1; done
 A=$(free_port)
 "$BIN" keys init --kek-file "$WORK/kek.keys" >/dev/null
-"$BIN" serve --addr "127.0.0.1:$A" --redis-url "redis://127.0.0.1:$RP/0" --kek-file "$WORK/kek.keys" --log-level warn &
+"$BIN" serve --addr "127.0.0.1:$A" --redis-url "redis://127.0.0.1:$RP/0" --kek-file "$WORK/kek.keys" --data-dir "$WORK/gw" --log-level warn &
 PIDS+=($!)
 wait_ready "127.0.0.1:$A"
-run_all "http://127.0.0.1:$A/fhir" redis
+run_all "http://127.0.0.1:$A/fhir" redis "$WORK/gw"

@@ -60,7 +60,7 @@ type Config struct {
 
 // Result is the outcome of one conformance case.
 type Result struct {
-	Suite    string // suite name: roundtrip, invalid, errors, search, race
+	Suite    string // suite name: roundtrip, invalid, errors, search, race, auth
 	Name     string // case name, unique within the suite
 	Pass     bool   // the case passed
 	Skipped  bool   // the case was not applicable; Detail says why
@@ -189,6 +189,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		{"errors", r.errorsSuite},
 		{"search", r.searchSuite},
 		{"race", r.raceSuite},
+		{"auth", r.authSuite},
 	}
 	for _, s := range suites {
 		if err := ctx.Err(); err != nil {

@@ -4,21 +4,28 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fhirgate/fhirgate/conformance"
 	"github.com/fhirgate/fhirgate/gateway"
+	"github.com/fhirgate/fhirgate/internal/auth"
 	"github.com/fhirgate/fhirgate/internal/store"
 	"github.com/fhirgate/fhirgate/internal/store/boltstore"
 	"github.com/fhirgate/fhirgate/internal/store/redisstore"
 	"github.com/fhirgate/fhirgate/internal/store/redisstore/redistest"
 	"github.com/fhirgate/fhirgate/internal/store/sealed/sealedtest"
+	"github.com/fhirgate/fhirgate/policy"
 )
 
 // run runs every suite against the servers (the first is the base URL,
 // the rest take part in the conditional-create race) and fails on any
 // failed case.
 func run(t *testing.T, servers ...*httptest.Server) {
-	cfg := conformance.Config{BaseURL: servers[0].URL + "/fhir", DataDir: "../testdata/conformance"}
+	token, err := devKey.Sign(auth.Claims{Subject: "conformance", Scope: "system/*.*"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := conformance.Config{BaseURL: servers[0].URL + "/fhir", DataDir: "../testdata/conformance", Token: token}
 	for _, s := range servers[1:] {
 		cfg.RaceURLs = append(cfg.RaceURLs, s.URL+"/fhir")
 	}
@@ -39,8 +46,27 @@ func run(t *testing.T, servers ...*httptest.Server) {
 	}
 }
 
+// devKey signs the tokens of every in-process gateway.
+var devKey = func() *auth.DevKey {
+	k, err := auth.GenerateDevKey()
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
+
+// serve starts a gateway as `fhirgate serve` wires it: bearer tokens, the
+// shipped policy, audit.
 func serve(t *testing.T, st store.Store) *httptest.Server {
-	srv := httptest.NewServer(gateway.New(gateway.Config{Store: st}))
+	v, err := auth.NewVerifier(t.Context(), auth.Config{JWKS: devKey.PublicJWKS(), Issuer: auth.DevIssuer, Audience: auth.DevAudience})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eng, err := policy.New(t.Context(), policy.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(gateway.New(gateway.Config{Store: st, Auth: v, Policy: eng}))
 	t.Cleanup(srv.Close)
 	return srv
 }

@@ -32,7 +32,9 @@ P1=$(free_port)
 "$BIN" serve --addr "127.0.0.1:$P1" --data-dir "$WORK/bolt" >"$WORK/bolt.log" 2>&1 &
 PIDS+=($!)
 wait_ready "127.0.0.1:$P1"
-"$BIN" conformance --base-url "http://127.0.0.1:$P1/fhir" || status=1
+# A system client's token from the dev issuer whose key serve generated.
+TOKEN=$("$BIN" token --data-dir "$WORK/bolt" --scope "system/*.*")
+"$BIN" conformance --base-url "http://127.0.0.1:$P1/fhir" --token "$TOKEN" || status=1
 
 echo "== conformance: Redis store, two gateway processes"
 command -v redis-server >/dev/null || { echo "redis-server missing (run make deps)"; exit 1; }
@@ -42,15 +44,17 @@ redis-server --port "$RP" --bind 127.0.0.1 --dir "$WORK/redis" --save "" --appen
 PIDS+=($!)
 for _ in $(seq 1 100); do redis-cli -p "$RP" ping >/dev/null 2>&1 && break; sleep 0.1; done
 A=$(free_port); B=$(free_port)
-# Both gateways share one key-encryption key file.
+# Both gateways share one key-encryption key file, and one dev token
+# issuer key (in the shared data dir).
 "$BIN" keys init --kek-file "$WORK/kek.keys" >/dev/null
-"$BIN" serve --addr "127.0.0.1:$A" --redis-url "redis://127.0.0.1:$RP/0" --kek-file "$WORK/kek.keys" >"$WORK/gw-a.log" 2>&1 &
-PIDS+=($!)
-"$BIN" serve --addr "127.0.0.1:$B" --redis-url "redis://127.0.0.1:$RP/0" --kek-file "$WORK/kek.keys" >"$WORK/gw-b.log" 2>&1 &
+"$BIN" serve --addr "127.0.0.1:$A" --redis-url "redis://127.0.0.1:$RP/0" --kek-file "$WORK/kek.keys" --data-dir "$WORK/shared" >"$WORK/gw-a.log" 2>&1 &
 PIDS+=($!)
 wait_ready "127.0.0.1:$A"
+"$BIN" serve --addr "127.0.0.1:$B" --redis-url "redis://127.0.0.1:$RP/0" --kek-file "$WORK/kek.keys" --data-dir "$WORK/shared" >"$WORK/gw-b.log" 2>&1 &
+PIDS+=($!)
 wait_ready "127.0.0.1:$B"
-"$BIN" conformance --base-url "http://127.0.0.1:$A/fhir" --race-url "http://127.0.0.1:$B/fhir" || status=1
+TOKEN=$("$BIN" token --data-dir "$WORK/shared" --scope "system/*.*")
+"$BIN" conformance --base-url "http://127.0.0.1:$A/fhir" --race-url "http://127.0.0.1:$B/fhir" --token "$TOKEN" || status=1
 
 if [ "$status" -ne 0 ]; then
   echo "conformance FAILED"

@@ -122,6 +122,7 @@ func keysCmd(ctx context.Context, args []string) error {
 	var c storeFlags
 	c.register(fs)
 	url := fs.String("url", "", "base URL of a serving gateway (e.g. http://127.0.0.1:8080): run the command there")
+	token := fs.String("token", "", "bearer token for --url (a system client with system/*.*)")
 	if err := envFlags(fs); err != nil {
 		return err
 	}
@@ -148,7 +149,7 @@ func keysCmd(ctx context.Context, args []string) error {
 		return fmt.Errorf("keys: unknown command %q", op)
 	}
 	if *url != "" {
-		return keysRemote(ctx, *url, op)
+		return keysRemote(ctx, *url, *token, op)
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	st, err := openStore(ctx, c, log)
@@ -166,7 +167,7 @@ func keysCmd(ctx context.Context, args []string) error {
 }
 
 // keysRemote runs a key command on a serving gateway's /admin/keys.
-func keysRemote(ctx context.Context, base, op string) error {
+func keysRemote(ctx context.Context, base, token, op string) error {
 	method := http.MethodPost
 	if op == "status" {
 		method = http.MethodGet
@@ -176,6 +177,9 @@ func keysRemote(ctx context.Context, base, op string) error {
 	req, err := http.NewRequestWithContext(ctx, method, strings.TrimSuffix(base, "/")+"/admin/keys/"+op, nil)
 	if err != nil {
 		return err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

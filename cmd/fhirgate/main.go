@@ -4,6 +4,8 @@
 //	fhirgate healthcheck probe a running server's /healthz (for containers)
 //	fhirgate conformance run the black-box conformance suite against a base URL
 //	fhirgate keys        manage key-encryption keys (init, status, rotate, rewrap, prune)
+//	fhirgate token       print a token from the embedded dev issuer
+//	fhirgate policy      test and evaluate Rego access policies
 package main
 
 import (
@@ -30,6 +32,10 @@ func main() {
 		err = conformanceCmd(ctx, os.Args[2:])
 	case "keys":
 		err = keysCmd(ctx, os.Args[2:])
+	case "token":
+		err = tokenCmd(ctx, os.Args[2:])
+	case "policy":
+		err = policyCmd(ctx, os.Args[2:])
 	case "version":
 		fmt.Println(version)
 	case "-h", "--help", "help":
@@ -53,6 +59,8 @@ commands:
   healthcheck  exit 0 when the server at --url answers /healthz
   conformance  run the conformance suites against --base-url
   keys         manage encryption keys: init, status, rotate, rewrap, prune
+  token        print a bearer token from the embedded dev issuer (DATA-DIR's key)
+  policy       policy test [dir] | policy eval --input FILE: Rego access policies
   version      print the version
 `)
 }

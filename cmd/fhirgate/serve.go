@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/fhirgate/fhirgate/gateway"
+	"github.com/fhirgate/fhirgate/internal/auth"
+	"github.com/fhirgate/fhirgate/policy"
 )
 
 type serveConfig struct {
@@ -27,6 +29,14 @@ type serveConfig struct {
 	LogFormat         string
 	LogLevel          string
 	ShutdownGrace     time.Duration
+	authFlags
+	PolicyDir string
+}
+
+// authFlags say how bearer tokens are checked.
+type authFlags struct {
+	JWKSURL, JWKSFile, Issuer, Audience string
+	AuthorizeURL, TokenURL              string
 }
 
 // envFlags gives every flag a FHIRGATE_* environment fallback: the env
@@ -57,6 +67,13 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", 20*time.Second, "how long SIGTERM waits for in-flight requests")
+	fs.StringVar(&c.JWKSURL, "jwks-url", "", "URL of the token issuer's JWK Set (default: the dev issuer's key, DATA-DIR/token-signing.jwk)")
+	fs.StringVar(&c.JWKSFile, "jwks-file", "", "file holding the token issuer's JWK Set (instead of --jwks-url)")
+	fs.StringVar(&c.Issuer, "issuer", "", "accepted token issuer (iss); required with --jwks-url/--jwks-file")
+	fs.StringVar(&c.Audience, "audience", "", "audience (aud) tokens must name, usually the FHIR base URL; required with --jwks-url/--jwks-file")
+	fs.StringVar(&c.AuthorizeURL, "smart-authorize-url", "", "the authorization server's authorize endpoint, advertised in /.well-known/smart-configuration")
+	fs.StringVar(&c.TokenURL, "smart-token-url", "", "the authorization server's token endpoint, advertised in /.well-known/smart-configuration")
+	fs.StringVar(&c.PolicyDir, "policy-dir", "", "directory of Rego policies replacing the shipped ones; edits are picked up without a restart")
 	if err := envFlags(fs); err != nil {
 		return c, err
 	}
@@ -97,9 +114,27 @@ func serve(ctx context.Context, args []string) error {
 	}
 	defer st.Close()
 
-	gw := gateway.New(gateway.Config{
+	verifier, smart, err := openAuth(ctx, cfg.DataDir, cfg.authFlags, log)
+	if err != nil {
+		return err
+	}
+	var gw *gateway.Server
+	engine, err := policy.New(ctx, policy.Config{Dir: cfg.PolicyDir, Logger: log, OnReload: func(err error) {
+		if gw != nil {
+			gw.ObservePolicyReload(err)
+		}
+	}})
+	if err != nil {
+		return fmt.Errorf("policy: %w", err)
+	}
+	if cfg.PolicyDir != "" {
+		go engine.Watch(ctx)
+		log.Info("policy loaded; watching for changes", slog.String("dir", cfg.PolicyDir))
+	}
+	gw = gateway.New(gateway.Config{
 		Store: st, BaseURL: cfg.BaseURL, MaxBody: cfg.MaxBody,
 		EnforceReferences: cfg.EnforceReferences, Logger: log, Version: version,
+		Auth: verifier, Policy: engine, SMART: smart,
 	})
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -157,4 +192,42 @@ func healthcheck(ctx context.Context, args []string) error {
 		return errors.New("unhealthy: status " + strconv.Itoa(resp.StatusCode))
 	}
 	return nil
+}
+
+// openAuth returns the token verifier the flags ask for: an external
+// issuer's JWK Set (--jwks-url or --jwks-file, with --issuer and
+// --audience), or by default the embedded dev issuer, whose key is
+// generated in the data dir and whose tokens `fhirgate token` prints.
+func openAuth(ctx context.Context, dataDir string, c authFlags, log *slog.Logger) (*auth.Verifier, gateway.SMARTConfig, error) {
+	smart := gateway.SMARTConfig{Issuer: c.Issuer, JWKSURI: c.JWKSURL, AuthorizationEndpoint: c.AuthorizeURL, TokenEndpoint: c.TokenURL}
+	if c.JWKSURL != "" || c.JWKSFile != "" {
+		if c.JWKSURL != "" && c.JWKSFile != "" {
+			return nil, smart, errors.New("--jwks-url and --jwks-file are exclusive")
+		}
+		if c.Issuer == "" || c.Audience == "" {
+			return nil, smart, errors.New("--issuer and --audience are required with --jwks-url or --jwks-file")
+		}
+		v, err := auth.NewVerifier(ctx, auth.Config{JWKSURL: c.JWKSURL, JWKSFile: c.JWKSFile, Issuer: c.Issuer, Audience: c.Audience})
+		return v, smart, err
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, smart, err
+	}
+	key, err := auth.LoadOrCreateDevKey(dataDir)
+	if err != nil {
+		return nil, smart, fmt.Errorf("dev token issuer: %w", err)
+	}
+	iss, aud := orDefault(c.Issuer, auth.DevIssuer), orDefault(c.Audience, auth.DevAudience)
+	log.Warn("DEV TOKEN ISSUER: accepting tokens signed by the key in the data dir (mint them with `fhirgate token`); use --jwks-url/--jwks-file in production",
+		slog.String("issuer", iss), slog.String("audience", aud))
+	smart.Issuer, smart.JWKS = iss, key.PublicJWKS()
+	v, err := auth.NewVerifier(ctx, auth.Config{JWKS: key.PublicJWKS(), Issuer: iss, Audience: aud})
+	return v, smart, err
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
