@@ -3,12 +3,11 @@ package policy
 import (
 	"fmt"
 	"math"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
+	"github.com/fhirgate/fhirgate/fhir"
 	"github.com/open-policy-agent/opa/v1/ast"
 )
 
@@ -214,89 +213,29 @@ func nodeConds(node map[string]any, typ string) []Cond {
 }
 
 // periodCond reads a provision.period. Partial dates are widened to the
-// whole year, month or day (and a dateTime to its whole second): start
+// whole year, month or day (and a dateTime to the unit of its last digit): start
 // "2020" is 2020-01-01T00:00:00Z, end "2020" is 2021-01-01T00:00:00Z
 // (exclusive). A date or time without a zone is UTC. A period fhirgate
 // cannot read is unsupported.
 func periodCond(p map[string]any) Cond {
 	c := Cond{Kind: "period"}
 	if s := str(p["start"]); s != "" {
-		from, _, err := fhirInstantRange(s)
-		if err != nil {
+		from, _, ok := fhir.ParseDate(s)
+		if !ok {
 			return Cond{Kind: "unsupported", What: "period"}
 		}
 		ns := clampNS(from)
 		c.StartNS = &ns
 	}
 	if s := str(p["end"]); s != "" {
-		_, to, err := fhirInstantRange(s)
-		if err != nil {
+		_, to, ok := fhir.ParseDate(s)
+		if !ok {
 			return Cond{Kind: "unsupported", What: "period"}
 		}
 		ns := clampNS(to)
 		c.EndNS = &ns
 	}
 	return c
-}
-
-var dateTimeRE = regexp.MustCompile(`^(\d{4})(?:-(\d{2})(?:-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d{1,9}))?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$`)
-
-// fhirInstantRange returns the instants a FHIR date or dateTime spans: its
-// start, and the start of what follows it at its precision.
-func fhirInstantRange(s string) (from, to time.Time, err error) {
-	m := dateTimeRE.FindStringSubmatch(s)
-	if m == nil {
-		return from, to, fmt.Errorf("not a FHIR date or dateTime: %q", s)
-	}
-	num := func(i, def int) int {
-		if m[i] == "" {
-			return def
-		}
-		n, _ := strconv.Atoi(m[i])
-		return n
-	}
-	year, month, day := num(1, 0), num(2, 1), num(3, 1)
-	hour, minute, sec := num(4, 0), num(5, 0), num(6, 0)
-	if month < 1 || month > 12 || day < 1 || day > 31 || hour > 23 || minute > 59 || sec > 60 {
-		return from, to, fmt.Errorf("not a FHIR date or dateTime: %q", s)
-	}
-	nsec := 0
-	if f := m[7]; f != "" {
-		nsec, _ = strconv.Atoi(f + strings.Repeat("0", 9-len(f)))
-	}
-	loc := time.UTC
-	if z := m[8]; z != "" && z != "Z" {
-		h, _ := strconv.Atoi(z[1:3])
-		mm, _ := strconv.Atoi(z[4:6])
-		off := h*3600 + mm*60
-		if z[0] == '-' {
-			off = -off
-		}
-		loc = time.FixedZone(z, off)
-	}
-	from = time.Date(year, time.Month(month), day, hour, minute, sec, nsec, loc)
-	if from.Day() != day { // 2021-02-30
-		return from, to, fmt.Errorf("not a FHIR date or dateTime: %q", s)
-	}
-	switch {
-	case m[2] == "":
-		to = from.AddDate(1, 0, 0)
-	case m[3] == "":
-		to = from.AddDate(0, 1, 0)
-	case m[4] == "":
-		to = from.AddDate(0, 0, 1)
-	case m[6] == "":
-		to = from.Add(time.Minute)
-	case m[7] == "":
-		to = from.Add(time.Second)
-	default:
-		step := time.Duration(1)
-		for range 9 - len(m[7]) {
-			step *= 10
-		}
-		to = from.Add(step)
-	}
-	return from, to, nil
 }
 
 var (

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fhirgate/fhirgate/fhir"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -588,9 +589,9 @@ func benchConsents(tb testing.TB, e *Engine, patients int) {
 }
 
 func mustNS(s string) int64 {
-	from, _, err := fhirInstantRange(s)
-	if err != nil {
-		panic(err)
+	from, _, ok := fhir.ParseDate(s)
+	if !ok {
+		panic("bad date " + s)
 	}
 	return from.UnixNano()
 }
