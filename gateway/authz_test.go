@@ -11,6 +11,9 @@ import (
 	"github.com/fhirgate/fhirgate/gateway"
 	"github.com/fhirgate/fhirgate/internal/auth"
 	"github.com/fhirgate/fhirgate/internal/store"
+	"github.com/fhirgate/fhirgate/internal/store/redisstore"
+	"github.com/fhirgate/fhirgate/internal/store/redisstore/redistest"
+	"github.com/fhirgate/fhirgate/internal/store/sealed/sealedtest"
 	"github.com/fhirgate/fhirgate/policy"
 )
 
@@ -281,12 +284,13 @@ func TestConsentRevocation(t *testing.T) {
 func revocation(t *testing.T, a, b *authServer, how string) {
 	t.Helper()
 	sys := a.tok(t, "", "system/*.*", "")
-	a.as(t, sys, http.MethodPut, "/Patient/R", matrixPatient("R")).want(t, 201)
-	obs := a.createAs(t, sys, "Observation", obsFor("Patient/R"))
-	patient := a.tok(t, "Patient/R", "patient/*.read patient/Consent.cruds", "")
+	pid := "R-" + how
+	a.as(t, sys, http.MethodPut, "/Patient/"+pid, matrixPatient(pid)).want(t, 201)
+	obs := a.createAs(t, sys, "Observation", obsFor("Patient/"+pid))
+	patient := a.tok(t, "Patient/"+pid, "patient/*.read patient/Consent.cruds", "")
 	doc := b.tok(t, "Practitioner/D", "user/*.read", "")
 	b.as(t, doc, http.MethodGet, "/Observation/"+obs, "").want(t, http.StatusForbidden)
-	cid := a.createAs(t, patient, "Consent", consent("Patient/R", "Practitioner/D", "2020-01-01", "2100-01-01", ""))
+	cid := a.createAs(t, patient, "Consent", consent("Patient/"+pid, "Practitioner/D", "2020-01-01", "2100-01-01", ""))
 	b.as(t, doc, http.MethodGet, "/Observation/"+obs, "").want(t, http.StatusOK)
 	switch how {
 	case "inactive":
@@ -371,5 +375,30 @@ func TestAuthentication(t *testing.T) {
 	jwks := a.do(t, http.MethodGet, strings.TrimSuffix(a.base, "/fhir")+"/.well-known/jwks.json", "").want(t, http.StatusOK)
 	if !strings.Contains(string(jwks.body), `"keys"`) || strings.Contains(string(jwks.body), `"d"`) {
 		t.Errorf("jwks.json is not a public JWK Set: %s", jwks.body)
+	}
+}
+
+// TestConsentRevocationAcrossProcesses: the consent is granted and revoked
+// through one gateway process and enforced by another on the same Redis,
+// from the very next request.
+func TestConsentRevocationAcrossProcesses(t *testing.T) {
+	srv := redistest.Start(t)
+	prefix := fmt.Sprintf("gw%d", redisPrefix.Add(1))
+	ring := sealedtest.Ring(t)
+	key, err := auth.GenerateDevKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gws [2]*authServer
+	for i := range gws {
+		backend, err := redisstore.New(t.Context(), redisstore.Config{URL: srv.URL(), Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { backend.Close() })
+		gws[i] = newAuthServerKey(t, sealedtest.WrapRing(t, backend, ring), key)
+	}
+	for _, how := range []string{"inactive", "delete"} {
+		t.Run(how, func(t *testing.T) { revocation(t, gws[0], gws[1], how) })
 	}
 }
