@@ -279,3 +279,30 @@ func TestEraseAuditTrail(t *testing.T) {
 	a.as(t, sys, http.MethodGet, "/Appointment/"+shared, "").want(t, http.StatusOK)
 	a.as(t, sys, http.MethodGet, "/Appointment?patient=Patient/B", "").want(t, http.StatusOK)
 }
+
+// TestDecisionMetrics: /metrics counts decisions by result and times them,
+// with labels that carry no resource ids or patients.
+func TestDecisionMetrics(t *testing.T) {
+	a := newAuthServer(t, boltStore(t))
+	w := setupMatrix(t, a)
+	a.as(t, a.tok(t, "Practitioner/P1", "user/*.read", ""), http.MethodGet, "/"+w.ids["obsA"], "").want(t, 200)
+	a.as(t, a.tok(t, "Practitioner/P2", "user/*.read", ""), http.MethodGet, "/"+w.ids["obsA"], "").want(t, 403)
+	a.as(t, a.tok(t, "Practitioner/P6", "user/*.read", "ETREAT"), http.MethodGet, "/"+w.ids["obsB"], "").want(t, 200)
+	m := string(a.do(t, http.MethodGet, strings.TrimSuffix(a.base, "/fhir")+"/metrics", "").want(t, 200).body)
+	for _, want := range []string{
+		`fhirgate_policy_decisions_total{result="allow"}`,
+		`fhirgate_policy_decisions_total{result="deny"}`,
+		`fhirgate_policy_decisions_total{result="break_glass"}`,
+		`fhirgate_policy_decision_seconds_count`,
+		`fhirgate_http_request_duration_seconds_bucket{code="403",method="GET",route="read"`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	for _, phi := range []string{"Patient/A", strings.TrimPrefix(w.ids["obsA"], "Observation/"), "Practitioner/P1"} {
+		if strings.Contains(m, phi) {
+			t.Errorf("/metrics contains %q", phi)
+		}
+	}
+}
