@@ -114,11 +114,11 @@ func (s *Server) audit(r *http.Request, a *access, status int) error {
 		events = append(events, group{"", outside})
 	}
 	put := func(g group) error {
-		_, err := s.storeAudit(r, s.auditEvent(r, a, status, now, g.patient, g.ts))
+		_, err := s.storeAudit(r, s.auditEvent(a, status, now, g.patient, g.ts))
 		if errors.Is(err, store.ErrErased) && g.patient != "" {
 			// The patient was erased: their trail is gone with their key.
 			// Record the access to what they shared under the tenant key.
-			_, err = s.storeAudit(r, s.auditEvent(r, a, status, now, "", g.ts))
+			_, err = s.storeAudit(r, s.auditEvent(a, status, now, "", g.ts))
 		}
 		return err
 	}
@@ -190,7 +190,7 @@ func coding(system, code string) obj { return obj{"system": system, "code": code
 
 // auditEvent builds the R4 AuditEvent of a request for one patient
 // compartment (patient "" for resources outside any).
-func (s *Server) auditEvent(r *http.Request, a *access, status int, now time.Time, patient string, ts []touched) obj {
+func (s *Server) auditEvent(a *access, status int, now time.Time, patient string, ts []touched) obj {
 	outcome := "0"
 	switch {
 	case status >= 500:

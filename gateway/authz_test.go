@@ -11,9 +11,6 @@ import (
 	"github.com/fhirgate/fhirgate/gateway"
 	"github.com/fhirgate/fhirgate/internal/auth"
 	"github.com/fhirgate/fhirgate/internal/store"
-	"github.com/fhirgate/fhirgate/internal/store/redisstore"
-	"github.com/fhirgate/fhirgate/internal/store/redisstore/redistest"
-	"github.com/fhirgate/fhirgate/internal/store/sealed/sealedtest"
 	"github.com/fhirgate/fhirgate/policy"
 )
 
@@ -382,21 +379,13 @@ func TestAuthentication(t *testing.T) {
 // through one gateway process and enforced by another on the same Redis,
 // from the very next request.
 func TestConsentRevocationAcrossProcesses(t *testing.T) {
-	srv := redistest.Start(t)
-	prefix := fmt.Sprintf("gw%d", redisPrefix.Add(1))
-	ring := sealedtest.Ring(t)
 	key, err := auth.GenerateDevKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	var gws [2]*authServer
-	for i := range gws {
-		backend, err := redisstore.New(t.Context(), redisstore.Config{URL: srv.URL(), Prefix: prefix})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { backend.Close() })
-		gws[i] = newAuthServerKey(t, sealedtest.WrapRing(t, backend, ring), key)
+	for i, st := range sharedRedis(t, len(gws)) {
+		gws[i] = newAuthServerKey(t, st, key)
 	}
 	for _, how := range []string{"inactive", "delete"} {
 		t.Run(how, func(t *testing.T) { revocation(t, gws[0], gws[1], how) })

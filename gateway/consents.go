@@ -126,6 +126,6 @@ func (c *consentSync) forget(ctx context.Context, id string) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.seen[id] = 1 << 62
+	delete(c.seen, id) // erased versions are in neither History nor Search
 	return c.s.cfg.Policy.RemoveConsent(ctx, "Consent/"+id)
 }

@@ -102,7 +102,7 @@ func (s *Server) erase(w http.ResponseWriter, r *http.Request) error {
 // tenant key (and survives the erasure it records).
 func (s *Server) recordErasure(r *http.Request, k store.Key, n int) (string, error) {
 	a := accessFrom(r.Context())
-	ev := s.auditEvent(r, a, http.StatusOK, s.now().UTC(), "", nil)
+	ev := s.auditEvent(a, http.StatusOK, s.now().UTC(), "", nil)
 	ev["outcomeDesc"] = "erased " + strconv.Itoa(n) + " resources"
 	ev["entity"] = []any{
 		obj{"what": obj{"identifier": obj{"system": "urn:fhirgate:erased", "value": k.String()}},

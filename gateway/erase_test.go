@@ -12,9 +12,6 @@ import (
 
 	"github.com/fhirgate/fhirgate/gateway"
 	"github.com/fhirgate/fhirgate/internal/store"
-	"github.com/fhirgate/fhirgate/internal/store/redisstore"
-	"github.com/fhirgate/fhirgate/internal/store/redisstore/redistest"
-	"github.com/fhirgate/fhirgate/internal/store/sealed/sealedtest"
 )
 
 // put PUTs body to path (relative to the FHIR base), expects 200 or 201
@@ -233,17 +230,9 @@ func TestErasePatientCompartment(t *testing.T) {
 // another that shares the Redis store and the key ring, including one that
 // has the patient's data key cached.
 func TestEraseAcrossProcesses(t *testing.T) {
-	srv := redistest.Start(t)
-	prefix := fmt.Sprintf("gw%d", redisPrefix.Add(1))
-	ring := sealedtest.Ring(t)
 	var gws [2]*server
-	for i := range gws {
-		backend, err := redisstore.New(t.Context(), redisstore.Config{URL: srv.URL(), Prefix: prefix})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { backend.Close() })
-		gws[i] = newServer(t, gateway.Config{Store: sealedtest.WrapRing(t, backend, ring), NoAudit: true})
+	for i, st := range sharedRedis(t, len(gws)) {
+		gws[i] = newServer(t, gateway.Config{Store: st, NoAudit: true})
 	}
 	g1, g2 := gws[0], gws[1]
 

@@ -38,6 +38,26 @@ func eachStore(t *testing.T, fn func(t *testing.T, st store.Store)) {
 	})
 }
 
+// sharedRedis returns n sealed stores, each with its own connection pool
+// (as separate gateway processes have), on one fresh redis-server, under
+// one key prefix and one KEK ring.
+func sharedRedis(t *testing.T, n int) []store.Store {
+	t.Helper()
+	srv := redistest.Start(t)
+	prefix := fmt.Sprintf("gw%d", redisPrefix.Add(1))
+	ring := sealedtest.Ring(t)
+	out := make([]store.Store, n)
+	for i := range out {
+		backend, err := redisstore.New(t.Context(), redisstore.Config{URL: srv.URL(), Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { backend.Close() })
+		out[i] = sealedtest.WrapRing(t, backend, ring)
+	}
+	return out
+}
+
 // boltStore is a fresh sealed boltstore.
 func boltStore(t *testing.T) store.Store {
 	t.Helper()

@@ -462,44 +462,55 @@ func (s *Server) history(w http.ResponseWriter, r *http.Request, hq store.Histor
 // historyPage returns one page of history and the total, both counting
 // only the versions the policy lets the subject see.
 func (s *Server) historyPage(r *http.Request, hq store.HistoryQuery, count int) ([]store.Record, int, error) {
+	ctx := r.Context()
 	action, res := "history-type", policy.Resource{Type: hq.Type}
+	var recs []store.Record // every version in the window, newest first, once read
 	if hq.ID != "" {
+		// An instance has few versions: read them all once, decide on the
+		// newest that is not a delete (the history of a deleted resource is
+		// as its last version left it), then apply _since.
 		action = "history-instance"
-		cur, err := s.store.Get(r.Context(), store.Key{Type: hq.Type, ID: hq.ID})
+		all, _, err := s.store.History(ctx, store.HistoryQuery{Type: hq.Type, ID: hq.ID})
 		if err != nil {
 			return nil, 0, err
 		}
-		if cur.Deleted {
-			// The history of a deleted resource is as its last version left it.
-			if cur, err = s.store.GetVersion(r.Context(), cur.Key(), cur.Version-1); err != nil {
-				return nil, 0, err
+		res.ID = hq.ID
+		for _, rec := range all {
+			if !rec.Deleted {
+				if res.Compartments, err = s.compartmentsOf(rec, nil, s.base(r)); err != nil {
+					return nil, 0, err
+				}
+				break
 			}
 		}
-		comps, err := s.compartmentsOf(cur, nil, s.base(r))
-		if err != nil {
-			return nil, 0, err
+		for _, rec := range all {
+			if !rec.Updated.Before(hq.Since) {
+				recs = append(recs, rec)
+			}
 		}
-		res = policy.Resource{Type: hq.Type, ID: hq.ID, Compartments: comps}
 	}
 	d, err := s.authorize(r, action, res)
 	if err != nil {
 		return nil, 0, err
 	}
-	if d.Unconditional {
+	if d.Unconditional && recs == nil {
 		hq.Count = max(count, 1) // _count=0 asks for the total only
-		return s.store.History(r.Context(), hq)
+		return s.store.History(ctx, hq)
 	}
-	all := hq
-	all.Offset, all.Count = 0, 0
-	recs, _, err := s.store.History(r.Context(), all)
-	if err != nil {
-		return nil, 0, err
+	if recs == nil {
+		all := hq
+		all.Offset, all.Count = 0, 0
+		if recs, _, err = s.store.History(ctx, all); err != nil {
+			return nil, 0, err
+		}
 	}
 	vis := recs[:0]
 	for _, rec := range recs {
-		ok, err := s.visible(r, action, rec, nil)
-		if err != nil {
-			return nil, 0, err
+		ok := d.Unconditional
+		if !ok {
+			if ok, err = s.visible(r, action, rec, nil); err != nil {
+				return nil, 0, err
+			}
 		}
 		if ok {
 			vis = append(vis, rec)

@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 
 	"github.com/fhirgate/fhirgate/fhir"
 )
@@ -86,9 +87,5 @@ func (s *Server) security() map[string]any {
 
 // root is the server's absolute URL without the /fhir base path.
 func (s *Server) root(r *http.Request) string {
-	b := s.base(r)
-	if len(b) >= 5 && b[len(b)-5:] == "/fhir" {
-		return b[:len(b)-5]
-	}
-	return b
+	return strings.TrimSuffix(s.base(r), "/fhir")
 }

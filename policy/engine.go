@@ -348,7 +348,7 @@ func fingerprint(dir string) string {
 // ID (moving it when its patient changed). The next Decide sees it.
 func (e *Engine) PutConsent(ctx context.Context, c Consent) error {
 	if !strings.HasPrefix(c.ID, "Consent/") || !strings.HasPrefix(c.Patient, "Patient/") {
-		return fmt.Errorf("policy: put consent: id %q or patient %q is not a reference", c.ID, c.Patient)
+		return errors.New("policy: put consent: its id or patient is not a reference") // no values: errors reach logs
 	}
 	v := c.value()
 	e.consentMu.Lock()
@@ -403,7 +403,7 @@ func (e *Engine) setConsent(ctx context.Context, txn storage.Transaction, patien
 	default:
 		m, ok := cur.(map[string]any)
 		if !ok {
-			return fmt.Errorf("consents of %s are a %T", patient, cur)
+			return fmt.Errorf("policy: a patient's consents are a %T", cur)
 		}
 		maps.Copy(consents, m)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -217,17 +218,10 @@ func openAuth(ctx context.Context, dataDir string, c authFlags, log *slog.Logger
 	if err != nil {
 		return nil, smart, fmt.Errorf("dev token issuer: %w", err)
 	}
-	iss, aud := orDefault(c.Issuer, auth.DevIssuer), orDefault(c.Audience, auth.DevAudience)
+	iss, aud := cmp.Or(c.Issuer, auth.DevIssuer), cmp.Or(c.Audience, auth.DevAudience)
 	log.Warn("DEV TOKEN ISSUER: accepting tokens signed by the key in the data dir (mint them with `fhirgate token`); use --jwks-url/--jwks-file in production",
 		slog.String("issuer", iss), slog.String("audience", aud))
 	smart.Issuer, smart.JWKS = iss, key.PublicJWKS()
 	v, err := auth.NewVerifier(ctx, auth.Config{JWKS: key.PublicJWKS(), Issuer: iss, Audience: aud})
 	return v, smart, err
-}
-
-func orDefault(s, def string) string {
-	if s == "" {
-		return def
-	}
-	return s
 }
