@@ -51,6 +51,14 @@ type Record struct {
 	Body     []byte // the resource as served
 	// Terms index the version while it is current; a tombstone has none.
 	Terms []Term
+	// Leaf, if set, is the version's log leaf data: Put appends it to the
+	// log, assigning its index in the same commit as the version. Reads
+	// return it with its LeafIndex.
+	Leaf      []byte
+	LeafIndex int64
+	// Salt is the salt of the leaf's digest. The sealed wrapper keeps it
+	// inside the sealed body; backends store what they are given.
+	Salt []byte
 	// Owner names the patient compartment ("Patient/<id>") whose data key
 	// seals the version, "" for the tenant key. Only the sealed wrapper
 	// reads it; backends neither store nor return it.

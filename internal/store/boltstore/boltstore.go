@@ -43,6 +43,10 @@ var (
 	bLive    = []byte("live")    // type\0id -> nil
 	bErased  = []byte("erased")  // type\0id -> nil: erased, no versions left
 	bKeys    = []byte("keys")    // key-material id -> value
+	bLog     = []byte("log")     // "n" -> leaves committed, "h" -> hashed size (8 each)
+	bLeaves  = []byte("leaves")  // leaf index(8) -> leaf data
+	bHashes  = []byte("hashes")  // stored-hash index(8) -> hash (32)
+	bAnchors = []byte("anchors") // tree size(8) -> anchor
 )
 
 // New opens (creating if needed) the database under cfg.Dir.
@@ -67,7 +71,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	db.MaxBatchDelay = 2 * time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bCurrent, bVersion, bHistory, bIndex, bLive, bErased, bKeys} {
+		for _, b := range [][]byte{bCurrent, bVersion, bHistory, bIndex, bLive, bErased, bKeys, bLog, bLeaves, bHashes, bAnchors} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -188,7 +192,14 @@ func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) 
 		if err := cur.Put(ck, cv); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bVersion).Put(verKey(r.Type, r.ID, r.Version), store.EncodeVersion(r)); err != nil {
+		var leafIdx int64
+		if r.Leaf != nil {
+			var err error
+			if leafIdx, err = appendLeaf(tx, r.Leaf); err != nil {
+				return err
+			}
+		}
+		if err := tx.Bucket(bVersion).Put(verKey(r.Type, r.ID, r.Version), store.EncodeVersion(r, leafIdx)); err != nil {
 			return err
 		}
 		if err := tx.Bucket(bHistory).Put(histKey(r.Type, r.Updated, r.ID, r.Version), nil); err != nil {

@@ -2,6 +2,8 @@
 -- KEYS[1] resource hash   {T}:r:<id>   fields: cur, t (terms), v:<n>; or only erased
 -- KEYS[2] type history    {T}:h        zset score=updated ms, member=<id>/<n>
 -- KEYS[3] live ids        {T}:ids      set
+-- KEYS[4] log size        {log}:n      counter (only touched with a leaf)
+-- KEYS[5] log leaves      {log}:l      hash: leaf index -> leaf data
 -- ARGV[1] key prefix "fg:{T}:" (every key this script builds shares the slot)
 -- ARGV[2] expected current version ("0" = must not exist)
 -- ARGV[3] new version
@@ -11,6 +13,8 @@
 -- ARGV[7] id
 -- ARGV[8] deleted ("1"/"0")
 -- ARGV[9] JSON: {old:[[param,value]...], new:[...], guard:[[[param,value]...]...] or null}
+-- ARGV[10] leaf data ("" = none): appended to the log, its index written
+--          into the version value at byte offset ARGV[11] (8 bytes, big endian)
 if redis.call('HEXISTS', KEYS[1], 'erased') == 1 then
   return 'erased'
 end
@@ -52,7 +56,14 @@ end
 for _, t in ipairs(spec.new) do
   redis.call('SADD', p .. 'x:' .. t[1] .. ':' .. t[2], id)
 end
-redis.call('HSET', KEYS[1], 'cur', ARGV[3], 't', ARGV[5], 'v:' .. ARGV[3], ARGV[4])
+local val = ARGV[4]
+if ARGV[10] ~= '' then
+  local n = redis.call('INCR', KEYS[4]) - 1
+  redis.call('HSET', KEYS[5], n, ARGV[10])
+  local off = tonumber(ARGV[11])
+  val = string.sub(val, 1, off) .. struct.pack('>I4I4', math.floor(n / 4294967296), n % 4294967296) .. string.sub(val, off + 9)
+end
+redis.call('HSET', KEYS[1], 'cur', ARGV[3], 't', ARGV[5], 'v:' .. ARGV[3], val)
 redis.call('ZADD', KEYS[2], ARGV[6], id .. '/' .. ARGV[3])
 if ARGV[8] == '1' then
   redis.call('SREM', KEYS[3], id)

@@ -15,6 +15,17 @@
 //
 //	fg:{keys}                hash: id -> value
 //
+// The transparency log (anchor.Storage) is in the slot {log}; the put
+// script appends a version's leaf there, so on Redis Cluster it would
+// cross slots: the log needs a standalone Redis (or one primary).
+//
+//	fg:{log}:n               leaves committed (INCR in the put script)
+//	fg:{log}:l               hash: leaf index -> leaf data
+//	fg:{log}:hs              hashed tree size
+//	fg:{log}:sh:<k>          string: stored hashes k<<15 … as 32-byte runs
+//	fg:{log}:a               zset: anchors scored by tree size
+//	fg:{log}:lease:<name>    the anchoring lease's holder, with a TTL
+//
 // The cost of one slot per type is that a type cannot be spread over
 // Cluster nodes; see docs in README.
 package redisstore
@@ -198,9 +209,9 @@ func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) 
 		deleted = "1"
 	}
 	res, err := putScript.Run(ctx, s.rdb,
-		[]string{rk, s.tp(r.Type) + "h", s.tp(r.Type) + "ids"},
-		s.tp(r.Type), cur, r.Version, store.EncodeVersion(r), store.EncodeTerms(terms),
-		r.Updated.UnixMilli(), r.ID, deleted, sj,
+		[]string{rk, s.tp(r.Type) + "h", s.tp(r.Type) + "ids", s.logKey("n"), s.logKey("l")},
+		s.tp(r.Type), cur, r.Version, store.EncodeVersion(r, 0), store.EncodeTerms(terms),
+		r.Updated.UnixMilli(), r.ID, deleted, sj, r.Leaf, store.LeafIndexOffset,
 	).Text()
 	if err != nil {
 		return fmt.Errorf("redisstore: put: %w", err)

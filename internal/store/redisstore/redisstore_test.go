@@ -114,3 +114,37 @@ func TestEraseLeavesOnlyMarker(t *testing.T) {
 		t.Errorf("resource hash after erase = %v, %v; want only erased=1", h, err)
 	}
 }
+
+// TestLease checks the anchoring lease: one holder at a time, renewable
+// by its holder, taken over once it expires.
+func TestLease(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := t.Context()
+	a, err := redisstore.New(ctx, redisstore.Config{URL: srv.URL(), Prefix: "lease"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := redisstore.New(ctx, redisstore.Config{URL: srv.URL(), Prefix: "lease"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	const ttl = 300 * time.Millisecond
+	for _, step := range []struct {
+		s      *redisstore.Store
+		holder string
+		want   bool
+	}{{a, "a", true}, {b, "b", false}, {a, "a", true}, {b, "b", false}} {
+		if got, err := step.s.Lease(ctx, "anchor", step.holder, ttl); got != step.want || err != nil {
+			t.Fatalf("Lease(%s) = %v, %v; want %v", step.holder, got, err, step.want)
+		}
+	}
+	time.Sleep(ttl + 100*time.Millisecond)
+	if got, _ := b.Lease(ctx, "anchor", "b", ttl); !got {
+		t.Fatal("b did not take the expired lease")
+	}
+	if got, _ := a.Lease(ctx, "anchor", "a", ttl); got {
+		t.Fatal("a renewed a lease b holds")
+	}
+}

@@ -1,7 +1,9 @@
 // Package sealed wraps a store.Store so that the backend holds no
 // plaintext: every version body is sealed (keys.Manager.Seal) under its
 // owner's data key and bound to "{type}/{id}/_history/{vid}", and every
-// index term and query match is replaced by its blind token.
+// index term and query match is replaced by its blind token. A version's
+// leaf salt is sealed with its body (plaintext salt ‖ body); a delete's,
+// which commits to no content, is stored as given.
 package sealed
 
 import (
@@ -9,6 +11,7 @@ import (
 	"errors"
 	"strconv"
 
+	"github.com/fhirgate/fhirgate/anchor"
 	"github.com/fhirgate/fhirgate/internal/keys"
 	"github.com/fhirgate/fhirgate/internal/store"
 )
@@ -37,7 +40,15 @@ func name(t, id string, v int64) string {
 // compartment fails with store.ErrErased.
 func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) error {
 	if !r.Deleted {
-		b, err := s.keys.Seal(ctx, r.Owner, name(r.Type, r.ID, r.Version), r.Body)
+		pt := r.Body
+		if r.Leaf != nil {
+			if len(r.Salt) != anchor.SaltSize {
+				return errors.New("sealed: a leaf's salt must be 32 bytes")
+			}
+			pt = append(append(make([]byte, 0, len(r.Salt)+len(r.Body)), r.Salt...), r.Body...)
+			r.Salt = nil
+		}
+		b, err := s.keys.Seal(ctx, r.Owner, name(r.Type, r.ID, r.Version), pt)
 		if errors.Is(err, keys.ErrErased) {
 			return store.ErrErased
 		}
@@ -90,6 +101,12 @@ func (s *Store) open(ctx context.Context, r *store.Record) error {
 		return err
 	}
 	r.Body = b
+	if r.Leaf != nil {
+		if len(b) < anchor.SaltSize {
+			return errors.New("sealed: body shorter than its salt")
+		}
+		r.Salt, r.Body = b[:anchor.SaltSize:anchor.SaltSize], b[anchor.SaltSize:]
+	}
 	return nil
 }
 

@@ -59,6 +59,7 @@ func Run(t *testing.T, open Opener) {
 		{"KeyCompareAndSet", testKeyCAS},
 		{"ScanKeys", testScanKeys},
 		{"ConcurrentKeyCAS", testConcurrentKeyCAS},
+		{"Log", testLog},
 	}
 	for _, test := range tests {
 		t.Run(test.name, func(t *testing.T) { test.fn(t, open(t)) })
@@ -681,7 +682,8 @@ func CrashChild(open func() (store.Store, error)) {
 		if err == nil {
 			v = cur.Version + 1
 		}
-		r := store.Record{Type: "Observation", ID: id, Version: v, Updated: time.Now(), Body: []byte(fmt.Sprintf(`{"i":%d}`, i))}
+		r := store.Record{Type: "Observation", ID: id, Version: v, Updated: time.Now(), Body: []byte(fmt.Sprintf(`{"i":%d}`, i)),
+			Leaf: leafOf("Observation", id, v)}
 		if rnd.IntN(5) == 0 && v > 1 {
 			r.Deleted, r.Body = true, nil
 		} else {
@@ -718,6 +720,9 @@ func RunCrash(t *testing.T, env []string, reopen func(t *testing.T) store.Store)
 		s := reopen(t)
 		if err := CheckConsistent(t.Context(), s, "Observation", []string{"code", "status"}); err != nil {
 			t.Fatalf("after kill %d: %v", round, err)
+		}
+		if err := CheckLog(t.Context(), s, "Observation"); err != nil {
+			t.Fatalf("after kill %d: log: %v", round, err)
 		}
 		h, total, err := s.History(t.Context(), store.HistoryQuery{Type: "Observation"})
 		if err != nil || total == 0 || len(h) != total {
