@@ -79,6 +79,7 @@ var routeInteractions = map[string][2]string{
 	"history-instance":   {"history-instance", "R"},
 	"erase":              {"operation", "D"},
 	"admin-keys":         {"operation", "E"},
+	"receipt":            {"operation", "E"},
 }
 
 // openSubject is who requests act as when the server has no Authenticator
@@ -99,8 +100,8 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		a := &access{interaction: ia[0], action: ia[1], remote: remoteIP(r), target: targetOf(r)}
 		if name == "erase" {
 			a.operation = "erase"
-		} else if name == "admin-keys" {
-			a.operation = "admin-keys"
+		} else if name == "admin-keys" || name == "receipt" {
+			a.operation = name
 		}
 		r = r.WithContext(context.WithValue(r.Context(), accessKey{}, a))
 		if s.cfg.Auth == nil {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fhirgate/fhirgate/anchor"
 	"github.com/fhirgate/fhirgate/fhir"
 	"github.com/fhirgate/fhirgate/internal/store"
 	"github.com/fhirgate/fhirgate/policy"
@@ -124,7 +125,21 @@ func (s *Server) write(r *http.Request, res *fhir.Resource, k store.Key, v int64
 	base := s.base(r)
 	rec := store.Record{Type: k.Type, ID: k.ID, Version: v, Updated: now, Body: body, Terms: s.terms(res, base),
 		Owner: s.params.Owner(k.Type, k.ID, res.Doc, base)}
+	if err := withLeaf(&rec); err != nil {
+		return rec, err
+	}
 	return rec, s.store.Put(r.Context(), rec, opts)
+}
+
+// withLeaf gives rec its transparency-log leaf: the store appends it in
+// the version's own commit.
+func withLeaf(rec *store.Record) error {
+	leaf, salt, err := anchor.NewLeaf(rec.Type, rec.ID, strconv.FormatInt(rec.Version, 10), fhir.FormatInstant(rec.Updated), rec.Body)
+	if err != nil {
+		return err
+	}
+	rec.Leaf, rec.Salt = leaf.Encode(), salt
+	return nil
 }
 
 // terms indexes res. Absolute references under base count as local; set
@@ -587,6 +602,9 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request, k store.Key) 
 			}
 		}
 		rec := store.Record{Type: k.Type, ID: k.ID, Version: cur.Version + 1, Updated: s.now().UTC().Truncate(time.Millisecond), Deleted: true}
+		if err := withLeaf(&rec); err != nil {
+			return err
+		}
 		err = s.store.Put(r.Context(), rec, store.PutOptions{})
 		if errors.Is(err, store.ErrConflict) {
 			continue

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/fhirgate/fhirgate/anchor"
 	"github.com/fhirgate/fhirgate/fhir"
 	"github.com/fhirgate/fhirgate/internal/keys"
 	"github.com/fhirgate/fhirgate/internal/store"
@@ -58,6 +59,9 @@ type Config struct {
 	SMART SMARTConfig
 	// NoAudit turns off AuditEvents (benchmarks of the bare REST core).
 	NoAudit bool
+	// Log, the transparency log over Store, serves $receipt and
+	// $log-consistency. Every version written carries its leaf either way.
+	Log *anchor.Log
 }
 
 // Server serves the FHIR REST API.
@@ -139,6 +143,8 @@ func (s *Server) routes() {
 	f.Handle("/.well-known/smart-configuration", s.wrap(s.smartConfiguration)).Methods(http.MethodGet).Name("smart-configuration")
 	f.Handle("/{type}/_search", s.wrap(s.search)).Methods(http.MethodPost).Name("search-post")
 	f.Handle("/Patient/{id}/$erase", s.wrap(s.erase)).Methods(http.MethodPost).Name("erase")
+	f.Handle("/$log-consistency", s.wrap(s.logConsistency)).Methods(http.MethodGet).Name("log-consistency")
+	f.Handle("/{type}/{id}/_history/{vid}/$receipt", s.wrap(s.receipt)).Methods(http.MethodGet).Name("receipt")
 	f.Handle("/{type}/_history", s.wrap(s.typeHistory)).Methods(http.MethodGet).Name("history-type")
 	f.Handle("/{type}/{id}/_history/{vid}", s.wrap(s.vread)).Methods(http.MethodGet).Name("vread")
 	f.Handle("/{type}/{id}/_history", s.wrap(s.instanceHistory)).Methods(http.MethodGet).Name("history-instance")

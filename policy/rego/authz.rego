@@ -395,10 +395,24 @@ grants contains sprintf("scope %s allows operation admin-keys", [s.raw]) if {
 	s.perms == "cruds"
 }
 
+# A transparency-log receipt of a version, for a caller who may not read
+# the version itself (it then comes without the salt, so it reveals no
+# content): systems whose scope covers reading the type (compliance).
+grants contains sprintf("scope %s allows operation receipt", [s.raw]) if {
+	input.action == "operation"
+	input.operation == "receipt"
+	input.subject.kind == "system"
+	some s in input.subject.scopes
+	s.context == "system"
+	s.type in {"*", input.resource.type}
+	contains(s.perms, "r")
+}
+
 # What each operation needs, for the denial reason.
 operation_needs := {
 	"erase": "a system scope that covers delete of Patient",
 	"admin-keys": "the system scope system/*.cruds",
+	"receipt": "a system scope that covers read of the type",
 }
 
 denials contains sprintf("operation %s needs %s", [input.operation, need]) if {

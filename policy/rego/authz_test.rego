@@ -196,6 +196,21 @@ test_erase_denied_to_patient if {
 	not decide(op(patient_a([scope("patient", "*", "cruds")]), "erase")).allow
 }
 
+test_receipt_for_system_read if {
+	d := decide(op(system([scope("system", "Patient", "r")]), "receipt"))
+	d.allow
+	d.reasons == ["scope system/Patient.r allows operation receipt"]
+	decide(op(system([scope_v1("system", "*", "read")]), "receipt")).allow
+}
+
+test_receipt_denied_without_read_of_the_type if {
+	d := decide(op(system([scope("system", "Observation", "rs"), scope("system", "Patient", "cud")]), "receipt"))
+	not d.allow
+	d.reasons == ["operation receipt needs a system scope that covers read of the type"]
+	not decide(op(doc, "receipt")).allow
+	not decide(op(patient_a([scope("patient", "*", "cruds")]), "receipt")).allow
+}
+
 test_admin_keys_needs_all_permissions if {
 	decide(op(system([scope("system", "*", "cruds")]), "admin-keys")).allow
 	decide(op(system([scope_v1("system", "*", "*")]), "admin-keys")).allow

@@ -1,0 +1,210 @@
+package anchor
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/ethereum/go-ethereum/common"
+	"golang.org/x/mod/sumdb/tlog"
+)
+
+// ReceiptFormat names the receipt format.
+const ReceiptFormat = "fhirgate-receipt/v1"
+
+// Receipt proves a leaf is in a tree whose root was anchored on chain.
+type Receipt struct {
+	Format   string `json:"format"`
+	LeafData []byte `json:"leafData"` // base64 in JSON
+	// Salt (hex) is given only to callers who may read the resource: with
+	// it and the resource, the leaf's digest can be recomputed.
+	Salt           string        `json:"salt,omitempty"`
+	LeafIndex      int64         `json:"leafIndex"`
+	TreeSize       int64         `json:"treeSize"`
+	InclusionProof []string      `json:"inclusionProof"`
+	RootHash       string        `json:"rootHash"`
+	Anchor         ReceiptAnchor `json:"anchor"`
+}
+
+// ReceiptAnchor says where the root was anchored.
+type ReceiptAnchor struct {
+	ChainID     uint64 `json:"chainId"`
+	Contract    string `json:"contract"`
+	TxHash      string `json:"txHash"`
+	BlockNumber uint64 `json:"blockNumber"`
+	BlockHash   string `json:"blockHash"`
+}
+
+// ErrPending: the leaf is not in an anchored tree yet.
+var ErrPending = errors.New("anchor: not anchored yet")
+
+// Receipt returns the receipt of leaf index with data leafData, against
+// the first anchor that covers it, or ErrPending.
+func (l *Log) Receipt(ctx context.Context, index int64, leafData []byte) (*Receipt, error) {
+	size, val, err := l.st.AnchorAfter(ctx, index)
+	if errors.Is(err, ErrNoAnchor) {
+		return nil, ErrPending
+	}
+	if err != nil {
+		return nil, err
+	}
+	var anc Anchor
+	if err := json.Unmarshal(val, &anc); err != nil {
+		return nil, fmt.Errorf("anchor: corrupt anchor record: %w", err)
+	}
+	proof, err := l.InclusionProof(ctx, index, size)
+	if err != nil {
+		return nil, err
+	}
+	r := &Receipt{
+		Format:   ReceiptFormat,
+		LeafData: leafData, LeafIndex: index, TreeSize: size,
+		InclusionProof: make([]string, len(proof)),
+		RootHash:       hex.EncodeToString(anc.Root[:]),
+		Anchor: ReceiptAnchor{
+			ChainID: anc.ChainID, Contract: anc.Contract.Hex(), TxHash: anc.TxHash.Hex(),
+			BlockNumber: anc.BlockNumber, BlockHash: anc.BlockHash.Hex(),
+		},
+	}
+	for i, h := range proof {
+		r.InclusionProof[i] = hex.EncodeToString(h[:])
+	}
+	return r, nil
+}
+
+// ConsistencyProof is the answer to $log-consistency.
+type ConsistencyProof struct {
+	First  int64    `json:"first"`
+	Second int64    `json:"second"`
+	Proof  []string `json:"proof"`
+}
+
+// Consistency proves the tree of size first is a prefix of the tree of
+// size second; both must be at most the hashed size.
+func (l *Log) Consistency(ctx context.Context, first, second int64) (*ConsistencyProof, error) {
+	p, err := l.ConsistencyProof(ctx, first, second)
+	if err != nil {
+		return nil, err
+	}
+	out := &ConsistencyProof{First: first, Second: second, Proof: make([]string, len(p))}
+	for i, h := range p {
+		out.Proof[i] = hex.EncodeToString(h[:])
+	}
+	return out, nil
+}
+
+// RootReader reads anchored roots; a Chain is one.
+type RootReader interface {
+	ChainID() uint64
+	Contract() common.Address
+	RootAt(ctx context.Context, treeSize uint64) (common.Hash, error)
+}
+
+// VerifyError is a failed verification: which step failed, and why.
+type VerifyError struct {
+	Step string
+	Err  error
+}
+
+func (e *VerifyError) Error() string { return e.Step + ": " + e.Err.Error() }
+func (e *VerifyError) Unwrap() error { return e.Err }
+
+func fail(step, format string, args ...any) error {
+	return &VerifyError{Step: step, Err: fmt.Errorf(format, args...)}
+}
+
+// Verify checks a receipt without trusting whoever issued it: if resource
+// is given (the version as vread serves it), that its salted digest and
+// names match the leaf; that the inclusion proof leads from the leaf hash
+// to rootHash; and that chain holds rootHash for the tree size at the
+// receipt's contract. It returns a *VerifyError naming the failed step.
+func Verify(ctx context.Context, r *Receipt, resource []byte, chain RootReader) error {
+	if r.Format != ReceiptFormat {
+		return fail("format", "unknown receipt format %q", r.Format)
+	}
+	leaf, err := ParseLeaf(r.LeafData)
+	if err != nil {
+		return fail("leaf data", "%v", err)
+	}
+	if resource != nil {
+		if err := checkResource(leaf, r.Salt, resource); err != nil {
+			return err
+		}
+	}
+	proof := make(tlog.RecordProof, len(r.InclusionProof))
+	for i, s := range r.InclusionProof {
+		if proof[i], err = parseHash(s); err != nil {
+			return fail("inclusion proof", "hash %d: %v", i, err)
+		}
+	}
+	root, err := parseHash(r.RootHash)
+	if err != nil {
+		return fail("root hash", "%v", err)
+	}
+	if r.LeafIndex < 0 || r.LeafIndex >= r.TreeSize {
+		return fail("inclusion proof", "leaf index %d outside tree size %d", r.LeafIndex, r.TreeSize)
+	}
+	if err := tlog.CheckRecord(proof, r.TreeSize, root, r.LeafIndex, tlog.RecordHash(r.LeafData)); err != nil {
+		return fail("inclusion proof", "the proof does not lead from the leaf to the root hash")
+	}
+	if chain.ChainID() != r.Anchor.ChainID {
+		return fail("chain", "the node is chain %d, the receipt names chain %d", chain.ChainID(), r.Anchor.ChainID)
+	}
+	if !common.IsHexAddress(r.Anchor.Contract) || common.HexToAddress(r.Anchor.Contract) != chain.Contract() {
+		return fail("chain", "contract %s is not the one read (%s)", r.Anchor.Contract, chain.Contract().Hex())
+	}
+	onChain, err := chain.RootAt(ctx, uint64(r.TreeSize))
+	if err != nil {
+		return fail("chain", "reading rootAt(%d): %v", r.TreeSize, err)
+	}
+	if onChain != common.Hash(root) {
+		return fail("chain", "rootAt(%d) on chain is %x, the receipt's root is %x", r.TreeSize, onChain, root)
+	}
+	return nil
+}
+
+// checkResource checks resource is the version the leaf names, with the
+// digest it commits to.
+func checkResource(leaf Leaf, saltHex string, resource []byte) error {
+	salt, err := hex.DecodeString(saltHex)
+	if err != nil || len(salt) != SaltSize {
+		return fail("salt", "the receipt holds no valid salt (it is given only to callers who may read the resource)")
+	}
+	var meta struct {
+		ResourceType string `json:"resourceType"`
+		ID           string `json:"id"`
+		Meta         struct {
+			VersionID   string `json:"versionId"`
+			LastUpdated string `json:"lastUpdated"`
+		} `json:"meta"`
+	}
+	if err := json.NewDecoder(bytes.NewReader(resource)).Decode(&meta); err != nil {
+		return fail("resource", "not JSON: %v", err)
+	}
+	got := Leaf{ResourceType: meta.ResourceType, ID: meta.ID, VersionID: meta.Meta.VersionID, LastUpdated: meta.Meta.LastUpdated}
+	if got.ResourceType != leaf.ResourceType || got.ID != leaf.ID || got.VersionID != leaf.VersionID || got.LastUpdated != leaf.LastUpdated {
+		return fail("resource", "the resource is %s/%s version %s of %s, the leaf names %s/%s version %s of %s",
+			got.ResourceType, got.ID, got.VersionID, got.LastUpdated, leaf.ResourceType, leaf.ID, leaf.VersionID, leaf.LastUpdated)
+	}
+	d, err := Digest(salt, resource)
+	if err != nil {
+		return fail("resource", "%v", err)
+	}
+	if d != leaf.Digest {
+		return fail("digest", "SHA-256(salt ‖ canonical resource) is %s, the leaf commits to %s", d, leaf.Digest)
+	}
+	return nil
+}
+
+// parseHash parses a hex hash.
+func parseHash(s string) (tlog.Hash, error) {
+	var h tlog.Hash
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(h) {
+		return h, errors.New("not a hex SHA-256 hash")
+	}
+	return tlog.Hash(b), nil
+}
