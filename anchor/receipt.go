@@ -122,33 +122,9 @@ func fail(step, format string, args ...any) error {
 // to rootHash; and that chain holds rootHash for the tree size at the
 // receipt's contract. It returns a *VerifyError naming the failed step.
 func Verify(ctx context.Context, r *Receipt, resource []byte, chain RootReader) error {
-	if r.Format != ReceiptFormat {
-		return fail("format", "unknown receipt format %q", r.Format)
-	}
-	leaf, err := ParseLeaf(r.LeafData)
+	root, err := VerifyProof(r, resource)
 	if err != nil {
-		return fail("leaf data", "%v", err)
-	}
-	if resource != nil {
-		if err := checkResource(leaf, r.Salt, resource); err != nil {
-			return err
-		}
-	}
-	proof := make(tlog.RecordProof, len(r.InclusionProof))
-	for i, s := range r.InclusionProof {
-		if proof[i], err = parseHash(s); err != nil {
-			return fail("inclusion proof", "hash %d: %v", i, err)
-		}
-	}
-	root, err := parseHash(r.RootHash)
-	if err != nil {
-		return fail("root hash", "%v", err)
-	}
-	if r.LeafIndex < 0 || r.LeafIndex >= r.TreeSize {
-		return fail("inclusion proof", "leaf index %d outside tree size %d", r.LeafIndex, r.TreeSize)
-	}
-	if err := tlog.CheckRecord(proof, r.TreeSize, root, r.LeafIndex, tlog.RecordHash(r.LeafData)); err != nil {
-		return fail("inclusion proof", "the proof does not lead from the leaf to the root hash")
+		return err
 	}
 	if chain.ChainID() != r.Anchor.ChainID {
 		return fail("chain", "the node is chain %d, the receipt names chain %d", chain.ChainID(), r.Anchor.ChainID)
@@ -161,9 +137,44 @@ func Verify(ctx context.Context, r *Receipt, resource []byte, chain RootReader) 
 		return fail("chain", "reading rootAt(%d): %v", r.TreeSize, err)
 	}
 	if onChain != common.Hash(root) {
-		return fail("chain", "rootAt(%d) on chain is %x, the receipt's root is %x", r.TreeSize, onChain, root)
+		return fail("chain", "rootAt(%d) on chain is %x, the receipt's root is %x", r.TreeSize, onChain[:], root[:])
 	}
 	return nil
+}
+
+// VerifyProof is Verify without the chain: the resource (if given)
+// against the leaf, and the leaf against the receipt's root hash, which it
+// returns.
+func VerifyProof(r *Receipt, resource []byte) (tlog.Hash, error) {
+	if r.Format != ReceiptFormat {
+		return tlog.Hash{}, fail("format", "unknown receipt format %q", r.Format)
+	}
+	leaf, err := ParseLeaf(r.LeafData)
+	if err != nil {
+		return tlog.Hash{}, fail("leaf data", "%v", err)
+	}
+	if resource != nil {
+		if err := checkResource(leaf, r.Salt, resource); err != nil {
+			return tlog.Hash{}, err
+		}
+	}
+	proof := make(tlog.RecordProof, len(r.InclusionProof))
+	for i, s := range r.InclusionProof {
+		if proof[i], err = parseHash(s); err != nil {
+			return tlog.Hash{}, fail("inclusion proof", "hash %d: %v", i, err)
+		}
+	}
+	root, err := parseHash(r.RootHash)
+	if err != nil {
+		return root, fail("root hash", "%v", err)
+	}
+	if r.LeafIndex < 0 || r.LeafIndex >= r.TreeSize {
+		return root, fail("inclusion proof", "leaf index %d outside tree size %d", r.LeafIndex, r.TreeSize)
+	}
+	if err := tlog.CheckRecord(proof, r.TreeSize, root, r.LeafIndex, tlog.RecordHash(r.LeafData)); err != nil {
+		return root, fail("inclusion proof", "the proof does not lead from the leaf to the root hash")
+	}
+	return root, nil
 }
 
 // checkResource checks resource is the version the leaf names, with the

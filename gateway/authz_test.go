@@ -31,7 +31,7 @@ func newAuthServer(t *testing.T, st store.Store) *authServer {
 	return newAuthServerKey(t, st, key)
 }
 
-func newAuthServerKey(t *testing.T, st store.Store, key *auth.DevKey) *authServer {
+func newAuthServerKey(t *testing.T, st store.Store, key *auth.DevKey, opts ...func(*gateway.Config)) *authServer {
 	t.Helper()
 	v, err := auth.NewVerifier(t.Context(), auth.Config{JWKS: key.PublicJWKS(), Issuer: auth.DevIssuer, Audience: auth.DevAudience})
 	if err != nil {
@@ -41,7 +41,11 @@ func newAuthServerKey(t *testing.T, st store.Store, key *auth.DevKey) *authServe
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := newServer(t, gateway.Config{Store: st, Auth: v, Policy: eng, SMART: gateway.SMARTConfig{JWKS: key.PublicJWKS(), Issuer: auth.DevIssuer}})
+	cfg := gateway.Config{Store: st, Auth: v, Policy: eng, SMART: gateway.SMARTConfig{JWKS: key.PublicJWKS(), Issuer: auth.DevIssuer}}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	srv := newServer(t, cfg)
 	return &authServer{server: srv, key: key, eng: eng}
 }
 

@@ -102,6 +102,35 @@ func (s *Server) logConsistency(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusOK, p)
 }
 
+// logInfo serves GET $log: the log's hashed size and its latest
+// recorded anchor (chain, contract, tree size, root), for auditors and
+// monitoring. Sizes and hashes only: it needs no token.
+func (s *Server) logInfo(w http.ResponseWriter, r *http.Request) error {
+	if s.cfg.Log == nil {
+		return errNoLog
+	}
+	st := s.cfg.Log.Storage()
+	hashed, err := st.HashedSize(r.Context())
+	if err != nil {
+		return err
+	}
+	out := struct {
+		HashedSize int64 `json:"hashedSize"`
+		*anchor.Anchor
+	}{HashedSize: hashed}
+	_, val, err := st.LatestAnchor(r.Context())
+	switch {
+	case err == nil:
+		out.Anchor = new(anchor.Anchor)
+		if err := json.Unmarshal(val, out.Anchor); err != nil {
+			return err
+		}
+	case !errors.Is(err, anchor.ErrNoAnchor):
+		return err
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
 func writeJSON(w http.ResponseWriter, status int, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {

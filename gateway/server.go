@@ -143,6 +143,7 @@ func (s *Server) routes() {
 	f.Handle("/.well-known/smart-configuration", s.wrap(s.smartConfiguration)).Methods(http.MethodGet).Name("smart-configuration")
 	f.Handle("/{type}/_search", s.wrap(s.search)).Methods(http.MethodPost).Name("search-post")
 	f.Handle("/Patient/{id}/$erase", s.wrap(s.erase)).Methods(http.MethodPost).Name("erase")
+	f.Handle("/$log", s.wrap(s.logInfo)).Methods(http.MethodGet).Name("log")
 	f.Handle("/$log-consistency", s.wrap(s.logConsistency)).Methods(http.MethodGet).Name("log-consistency")
 	f.Handle("/{type}/{id}/_history/{vid}/$receipt", s.wrap(s.receipt)).Methods(http.MethodGet).Name("receipt")
 	f.Handle("/{type}/_history", s.wrap(s.typeHistory)).Methods(http.MethodGet).Name("history-type")

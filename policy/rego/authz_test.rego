@@ -201,12 +201,13 @@ test_receipt_for_system_read if {
 	d.allow
 	d.reasons == ["scope system/Patient.r allows operation receipt"]
 	decide(op(system([scope_v1("system", "*", "read")]), "receipt")).allow
+	decide(op(system([scope("system", "AuditEvent", "rs")]), "receipt")).allow
 }
 
 test_receipt_denied_without_read_of_the_type if {
 	d := decide(op(system([scope("system", "Observation", "rs"), scope("system", "Patient", "cud")]), "receipt"))
 	not d.allow
-	d.reasons == ["operation receipt needs a system scope that covers read of the type"]
+	d.reasons == ["operation receipt needs a system scope that covers read of the type or of AuditEvent"]
 	not decide(op(doc, "receipt")).allow
 	not decide(op(patient_a([scope("patient", "*", "cruds")]), "receipt")).allow
 }

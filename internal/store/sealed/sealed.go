@@ -29,6 +29,9 @@ func New(backend store.Store, m *keys.Manager) *Store {
 	return &Store{Store: backend, keys: m}
 }
 
+// Backend returns the store s seals for.
+func (s *Store) Backend() store.Store { return s.Store }
+
 // Keys returns the key manager.
 func (s *Store) Keys() *keys.Manager { return s.keys }
 
