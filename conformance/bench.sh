@@ -25,8 +25,11 @@ run_all() {
   done
 }
 
+# Every feature on: auth, policy, audit, sealing, and the log anchored on
+# the embedded dev chain (default interval); FHIRGATE_BENCH_FLAGS adds
+# serve flags (e.g. --anchor=false to compare).
 P=$(free_port)
-"$BIN" serve --addr "127.0.0.1:$P" --data-dir "$WORK/bolt" --log-level warn &
+"$BIN" serve --addr "127.0.0.1:$P" --data-dir "$WORK/bolt" --chain-listen "127.0.0.1:$(free_port)" --log-level warn ${FHIRGATE_BENCH_FLAGS:-} &
 PIDS+=($!)
 wait_ready "127.0.0.1:$P"
 run_all "http://127.0.0.1:$P/fhir" embedded "$WORK/bolt"
@@ -37,7 +40,8 @@ PIDS+=($!)
 for _ in $(seq 1 100); do redis-cli -p "$RP" ping >/dev/null 2>&1 && break; sleep 0.1; done
 A=$(free_port)
 "$BIN" keys init --kek-file "$WORK/kek.keys" >/dev/null
-"$BIN" serve --addr "127.0.0.1:$A" --redis-url "redis://127.0.0.1:$RP/0" --kek-file "$WORK/kek.keys" --data-dir "$WORK/gw" --log-level warn &
+"$BIN" serve --addr "127.0.0.1:$A" --redis-url "redis://127.0.0.1:$RP/0" --kek-file "$WORK/kek.keys" --data-dir "$WORK/gw" \
+  --chain-listen "127.0.0.1:$(free_port)" --log-level warn ${FHIRGATE_BENCH_FLAGS:-} &
 PIDS+=($!)
 wait_ready "127.0.0.1:$A"
 run_all "http://127.0.0.1:$A/fhir" redis "$WORK/gw"

@@ -56,6 +56,9 @@ type Config struct {
 	Client *http.Client
 	// Token, when set, is sent as "Authorization: Bearer <Token>".
 	Token string
+	// RPC, when set, is the Ethereum JSON-RPC URL on which the log suite
+	// checks that receipts' roots are anchored.
+	RPC string
 }
 
 // Result is the outcome of one conformance case.
@@ -190,6 +193,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		{"search", r.searchSuite},
 		{"race", r.raceSuite},
 		{"auth", r.authSuite},
+		{"log", r.logSuite},
 	}
 	for _, s := range suites {
 		if err := ctx.Err(); err != nil {
@@ -209,6 +213,7 @@ type runner struct {
 	dataDir  string
 	client   *http.Client
 	token    string
+	rpc      string
 	tag      string // random per-run tag, safe for ids and identifier values
 	report   Report
 }
@@ -256,6 +261,7 @@ func newRunner(cfg Config) (*runner, error) {
 		dataDir:  dataDir,
 		client:   client,
 		token:    cfg.Token,
+		rpc:      cfg.RPC,
 		tag:      "c" + hex.EncodeToString(b[:]),
 	}, nil
 }

@@ -23,6 +23,7 @@ func conformanceCmd(ctx context.Context, args []string) error {
 	})
 	fs.StringVar(&cfg.DataDir, "data-dir", "", "directory holding r4-examples/ and invalid/ (default: testdata/conformance)")
 	fs.StringVar(&cfg.Token, "token", "", "bearer token to send with every request")
+	fs.StringVar(&cfg.RPC, "rpc", "", "Ethereum JSON-RPC URL: the log suite checks receipts' roots on chain")
 	verbose := fs.Bool("v", false, "print the detail of every failed case before the table")
 	if err := fs.Parse(args); err != nil {
 		return err

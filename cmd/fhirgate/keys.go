@@ -50,7 +50,9 @@ func openStore(ctx context.Context, c storeFlags, log *slog.Logger) (*sealed.Sto
 	if c.redis() {
 		rc := redisstore.Config{URL: c.RedisURL, Logger: log}
 		if c.RedisAddrs != "" {
-			rc.URL, rc.Addrs = "", strings.Split(c.RedisAddrs, ",")
+			// The put script appends each version's leaf to the one log,
+			// in a slot of its own: a Cluster would refuse it.
+			return nil, errors.New("--redis-cluster: the transparency log needs one Redis primary (--redis-url)")
 		}
 		st, err = redisstore.New(ctx, rc)
 		log.Info("store: redis")

@@ -6,6 +6,9 @@
 //	fhirgate keys        manage key-encryption keys (init, status, rotate, rewrap, prune)
 //	fhirgate token       print a token from the embedded dev issuer
 //	fhirgate policy      test and evaluate Rego access policies
+//	fhirgate anchor      deploy the anchoring contract on an EVM chain
+//	fhirgate verify      verify a receipt against the chain, offline
+//	fhirgate audit       check the log was never rewritten between anchors
 package main
 
 import (
@@ -36,6 +39,12 @@ func main() {
 		err = tokenCmd(ctx, os.Args[2:])
 	case "policy":
 		err = policyCmd(ctx, os.Args[2:])
+	case "anchor":
+		err = anchorCmd(ctx, os.Args[2:], os.Stdout)
+	case "verify":
+		err = verifyCmd(ctx, os.Args[2:], os.Stdout)
+	case "audit":
+		err = auditCmd(ctx, os.Args[2:], os.Stdout)
 	case "version":
 		fmt.Println(version)
 	case "-h", "--help", "help":
@@ -61,6 +70,9 @@ commands:
   keys         manage encryption keys: init, status, rotate, rewrap, prune
   token        print a bearer token from the embedded dev issuer (DATA-DIR's key)
   policy       policy test [dir] | policy eval --input FILE: Rego access policies
+  anchor       anchor deploy --chain-rpc URL --chain-key-file F: deploy the Anchor contract
+  verify       verify --receipt R [--resource V] --rpc URL: check a receipt against the chain
+  audit        audit --rpc URL --gateway URL: check every pair of anchors is consistent
   version      print the version
 `)
 }

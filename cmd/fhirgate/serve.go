@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fhirgate/fhirgate/anchor"
 	"github.com/fhirgate/fhirgate/gateway"
 	"github.com/fhirgate/fhirgate/internal/auth"
 	"github.com/fhirgate/fhirgate/policy"
@@ -32,6 +33,7 @@ type serveConfig struct {
 	ShutdownGrace     time.Duration
 	authFlags
 	PolicyDir string
+	anchorFlags
 }
 
 // authFlags say how bearer tokens are checked.
@@ -75,6 +77,7 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.StringVar(&c.AuthorizeURL, "smart-authorize-url", "", "the authorization server's authorize endpoint, advertised in /.well-known/smart-configuration")
 	fs.StringVar(&c.TokenURL, "smart-token-url", "", "the authorization server's token endpoint, advertised in /.well-known/smart-configuration")
 	fs.StringVar(&c.PolicyDir, "policy-dir", "", "directory of Rego policies replacing the shipped ones; edits are picked up without a restart")
+	c.anchorFlags.register(fs)
 	if err := envFlags(fs); err != nil {
 		return c, err
 	}
@@ -132,10 +135,31 @@ func serve(ctx context.Context, args []string) error {
 		go engine.Watch(ctx)
 		log.Info("policy loaded; watching for changes", slog.String("dir", cfg.PolicyDir))
 	}
+	logStore, ok := st.Backend().(anchor.Storage)
+	if !ok {
+		return errors.New("the store keeps no transparency log")
+	}
+	tlog := anchor.NewLog(logStore)
+	if cfg.Enabled {
+		chain, closeChain, err := openChain(ctx, cfg.chainFlags, cfg.DataDir, log)
+		if err != nil {
+			return fmt.Errorf("chain: %w", err)
+		}
+		defer closeChain()
+		actx, stopAnchoring := context.WithCancel(ctx)
+		anchorer := anchor.NewAnchorer(anchor.AnchorerConfig{
+			Log: tlog, Chain: chain, Interval: cfg.Interval, Batch: cfg.Batch, Holder: holderID(), Logger: log,
+		})
+		done := make(chan struct{})
+		go func() { anchorer.Run(actx); close(done) }()
+		defer func() { stopAnchoring(); <-done }()
+	} else {
+		log.Warn("ANCHORING OFF: versions are logged but no root is anchored; receipts stay pending")
+	}
 	gw = gateway.New(gateway.Config{
 		Store: st, BaseURL: cfg.BaseURL, MaxBody: cfg.MaxBody,
 		EnforceReferences: cfg.EnforceReferences, Logger: log, Version: version,
-		Auth: verifier, Policy: engine, SMART: smart,
+		Auth: verifier, Policy: engine, SMART: smart, Log: tlog,
 	})
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
