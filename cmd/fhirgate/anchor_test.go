@@ -169,6 +169,7 @@ func TestCrashAnchoring(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var last []byte
 	for _, a := range acked {
 		var rc anchor.Receipt
 		deadline := time.Now().Add(30 * time.Second)
@@ -181,6 +182,7 @@ func TestCrashAnchoring(t *testing.T) {
 				if err := json.Unmarshal(b, &rc); err != nil {
 					t.Fatal(err)
 				}
+				last = b
 				break
 			}
 			if status != http.StatusAccepted || time.Now().After(deadline) {
@@ -205,4 +207,31 @@ func TestCrashAnchoring(t *testing.T) {
 		}
 	}
 	t.Logf("%d acknowledged versions verified; %d anchors", len(acked), len(sizes))
+
+	// The CLIs a compliance team runs: verify the last receipt with and
+	// without its resource, then a changed resource; audit every anchor.
+	rf, vf, bad := dir+"/receipt.json", dir+"/version.json", dir+"/changed.json"
+	os.WriteFile(rf, last, 0o600)
+	os.WriteFile(vf, []byte(acked[len(acked)-1].body), 0o600)
+	os.WriteFile(bad, []byte(strings.Replace(acked[len(acked)-1].body, "Crash", "Crush", 1)), 0o600)
+	rpc := "http://" + chainAddr
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--receipt", rf, "--resource", vf, "--rpc", rpc}, "PASS: the resource version is leaf"},
+		{[]string{"--receipt", rf, "--rpc", rpc}, "PASS: the leaf is leaf"},
+		{[]string{"--receipt", rf, "--resource", bad, "--rpc", rpc}, "FAIL: digest:"},
+	} {
+		var out bytes.Buffer
+		err := verifyCmd(t.Context(), c.args, &out)
+		if !strings.HasPrefix(out.String(), c.want) || (err == nil) != strings.HasPrefix(c.want, "PASS") {
+			t.Errorf("verify %v: %v\n%s", c.args, err, out.String())
+		}
+	}
+	var out bytes.Buffer
+	// (Receipt requests are audited, so anchors go on meanwhile.)
+	if err := auditCmd(t.Context(), []string{"--rpc", rpc, "--gateway", g.base}, &out); err != nil || !strings.Contains(out.String(), "consecutive pairs is consistent") {
+		t.Errorf("audit: %v\n%s", err, out.String())
+	}
 }
