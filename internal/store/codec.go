@@ -40,9 +40,23 @@ func EncodeVersion(r Record, idx int64) []byte {
 	return append(b, r.Body...)
 }
 
-// DecodeVersion decodes a value written by EncodeVersion into r.
+// formatV1 is the codec before the transparency log (no leaf, no salt):
+// byte 0 format, byte 1 flags, bytes 2-9 updated, then the body.
+const formatV1 = 1
+
+// DecodeVersion decodes a value written by EncodeVersion (or by the
+// format-1 codec before it) into r.
 func DecodeVersion(b []byte, r *Record) error {
 	bad := errors.New("store: corrupt version record")
+	if len(b) >= 10 && b[0] == formatV1 {
+		r.Deleted = b[1]&1 != 0
+		r.Updated = time.Unix(0, int64(binary.BigEndian.Uint64(b[2:]))).UTC()
+		r.Leaf, r.Salt, r.LeafIndex = nil, nil, 0
+		if !r.Deleted {
+			r.Body = bytes.Clone(b[10:])
+		}
+		return nil
+	}
 	if len(b) < 18 || b[0] != formatV2 {
 		return bad
 	}
