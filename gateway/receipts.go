@@ -56,7 +56,7 @@ func (s *Server) receipt(w http.ResponseWriter, r *http.Request) error {
 		readable = d.Allow
 	}
 	if !readable {
-		if _, err := s.authorize(r, "operation", policy.Resource{Type: rec.Type, ID: rec.ID, Compartments: comps}); err != nil {
+		if _, err := s.authorize(r, "operation", res); err != nil {
 			return err
 		}
 	}

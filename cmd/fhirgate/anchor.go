@@ -19,7 +19,6 @@ import (
 	"github.com/ethereum/go-ethereum/common"
 	"github.com/ethereum/go-ethereum/crypto"
 	"github.com/ethereum/go-ethereum/ethclient"
-	"github.com/fhirgate/fhirgate/anchor"
 	"github.com/fhirgate/fhirgate/anchor/devchain"
 	"github.com/fhirgate/fhirgate/anchor/evm"
 )
@@ -194,5 +193,3 @@ func anchorCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	fmt.Fprintf(os.Stderr, "deployed the Anchor contract in transaction %s; owner %s\n", tx.Hex(), crypto.PubkeyToAddress(key.PublicKey).Hex())
 	return nil
 }
-
-var _ anchor.Chain = (*evm.Chain)(nil)

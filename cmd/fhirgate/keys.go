@@ -33,7 +33,7 @@ type storeFlags struct {
 func (c *storeFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&c.DataDir, "data-dir", "./data", "data directory for the embedded store")
 	fs.StringVar(&c.RedisURL, "redis-url", "", "use Redis at this redis:// URL instead of the embedded store")
-	fs.StringVar(&c.RedisAddrs, "redis-cluster", "", "comma-separated Redis Cluster seed nodes (host:port,...) instead of --redis-url")
+	fs.StringVar(&c.RedisAddrs, "redis-cluster", "", "Redis Cluster seed nodes: refused, the transparency log needs one Redis primary (use --redis-url)")
 	fs.StringVar(&c.KEKFile, "kek-file", "", "file of base64 key-encryption keys, one per line, the last primary (or FHIRGATE_KEK holds them; embedded default: DATA-DIR/kek.keys, generated)")
 }
 

@@ -139,7 +139,7 @@ func serve(ctx context.Context, args []string) error {
 	if !ok {
 		return errors.New("the store keeps no transparency log")
 	}
-	tlog := anchor.NewLog(logStore)
+	merkleLog := anchor.NewLog(logStore)
 	if cfg.Enabled {
 		chain, closeChain, err := openChain(ctx, cfg.chainFlags, cfg.DataDir, log)
 		if err != nil {
@@ -148,7 +148,7 @@ func serve(ctx context.Context, args []string) error {
 		defer closeChain()
 		actx, stopAnchoring := context.WithCancel(ctx)
 		anchorer := anchor.NewAnchorer(anchor.AnchorerConfig{
-			Log: tlog, Chain: chain, Interval: cfg.Interval, Batch: cfg.Batch, Holder: holderID(), Logger: log,
+			Log: merkleLog, Chain: chain, Interval: cfg.Interval, Batch: cfg.Batch, Holder: holderID(), Logger: log,
 		})
 		done := make(chan struct{})
 		go func() { anchorer.Run(actx); close(done) }()
@@ -159,7 +159,7 @@ func serve(ctx context.Context, args []string) error {
 	gw = gateway.New(gateway.Config{
 		Store: st, BaseURL: cfg.BaseURL, MaxBody: cfg.MaxBody,
 		EnforceReferences: cfg.EnforceReferences, Logger: log, Version: version,
-		Auth: verifier, Policy: engine, SMART: smart, Log: tlog,
+		Auth: verifier, Policy: engine, SMART: smart, Log: merkleLog,
 	})
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {

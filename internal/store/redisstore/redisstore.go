@@ -1,5 +1,5 @@
-// Package redisstore is a store.Store on Redis (standalone or Cluster,
-// through go-redis's UniversalClient).
+// Package redisstore is a store.Store on Redis (through go-redis's
+// UniversalClient; the transparency log needs one primary, see below).
 //
 // Key layout, for resource type T (every key of a type shares the hash tag
 // {T}, so a version, its history entry and its index entries are written,
