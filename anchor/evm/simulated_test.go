@@ -110,7 +110,7 @@ func TestReorg(t *testing.T) {
 	}
 	var logs bytes.Buffer // written by Anchor before it returns on done
 	chain := newChain(t, evm.Config{Client: client, Key: key, Contract: addr, Confirmations: 2,
-		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+		PollInterval: 2 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 
 	type result struct {
 		a   anchor.Anchor
@@ -134,6 +134,9 @@ func TestReorg(t *testing.T) {
 		t.Fatal(err)
 	}
 	orphan := sim.Commit()
+	// Let Anchor see its receipt in the block about to be orphaned (it
+	// polls every 2 ms) before the fork, so that it must notice it.
+	time.Sleep(100 * time.Millisecond)
 	sim.Commit()
 	if err := sim.Fork(parent.Hash()); err != nil {
 		t.Fatalf("Fork: %v", err)
