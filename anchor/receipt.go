@@ -96,6 +96,19 @@ func (l *Log) Consistency(ctx context.Context, first, second int64) (*Consistenc
 	return out, nil
 }
 
+// Check checks the proof joins the tree of size First with root first to
+// the tree of size Second with root second.
+func (p *ConsistencyProof) Check(first, second [32]byte) error {
+	proof, err := parseHashes(p.Proof)
+	if err != nil {
+		return err
+	}
+	if err := tlog.CheckTree(tlog.TreeProof(proof), p.Second, second, p.First, first); err != nil {
+		return errors.New("the consistency proof does not join the two roots")
+	}
+	return nil
+}
+
 // RootReader reads anchored roots; a Chain is one.
 type RootReader interface {
 	ChainID() uint64
@@ -158,11 +171,9 @@ func VerifyProof(r *Receipt, resource []byte) (tlog.Hash, error) {
 			return tlog.Hash{}, err
 		}
 	}
-	proof := make(tlog.RecordProof, len(r.InclusionProof))
-	for i, s := range r.InclusionProof {
-		if proof[i], err = parseHash(s); err != nil {
-			return tlog.Hash{}, fail("inclusion proof", "hash %d: %v", i, err)
-		}
+	proof, err := parseHashes(r.InclusionProof)
+	if err != nil {
+		return tlog.Hash{}, fail("inclusion proof", "%v", err)
 	}
 	root, err := parseHash(r.RootHash)
 	if err != nil {
@@ -171,7 +182,7 @@ func VerifyProof(r *Receipt, resource []byte) (tlog.Hash, error) {
 	if r.LeafIndex < 0 || r.LeafIndex >= r.TreeSize {
 		return root, fail("inclusion proof", "leaf index %d outside tree size %d", r.LeafIndex, r.TreeSize)
 	}
-	if err := tlog.CheckRecord(proof, r.TreeSize, root, r.LeafIndex, tlog.RecordHash(r.LeafData)); err != nil {
+	if err := tlog.CheckRecord(tlog.RecordProof(proof), r.TreeSize, root, r.LeafIndex, tlog.RecordHash(r.LeafData)); err != nil {
 		return root, fail("inclusion proof", "the proof does not lead from the leaf to the root hash")
 	}
 	return root, nil
@@ -208,6 +219,18 @@ func checkResource(leaf Leaf, saltHex string, resource []byte) error {
 		return fail("digest", "SHA-256(salt ‖ canonical resource) is %s, the leaf commits to %s", d, leaf.Digest)
 	}
 	return nil
+}
+
+// parseHashes parses a list of hex hashes.
+func parseHashes(ss []string) ([]tlog.Hash, error) {
+	out := make([]tlog.Hash, len(ss))
+	for i, s := range ss {
+		var err error
+		if out[i], err = parseHash(s); err != nil {
+			return nil, fmt.Errorf("hash %d: %v", i, err)
+		}
+	}
+	return out, nil
 }
 
 // parseHash parses a hex hash.

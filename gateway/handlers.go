@@ -404,16 +404,22 @@ func (s *Server) serveRecord(w http.ResponseWriter, r *http.Request, rec store.R
 	return nil
 }
 
-func (s *Server) vread(w http.ResponseWriter, r *http.Request) error {
+// version reads the version the request's {type}/{id}/_history/{vid}
+// names.
+func (s *Server) version(r *http.Request) (store.Record, error) {
 	k, err := s.key(r)
 	if err != nil {
-		return err
+		return store.Record{}, err
 	}
 	v, err := strconv.ParseInt(mux.Vars(r)["vid"], 10, 64)
 	if err != nil || v < 1 {
-		return store.ErrNotFound
+		return store.Record{}, store.ErrNotFound
 	}
-	rec, err := s.store.GetVersion(r.Context(), k, v)
+	return s.store.GetVersion(r.Context(), k, v)
+}
+
+func (s *Server) vread(w http.ResponseWriter, r *http.Request) error {
+	rec, err := s.version(r)
 	if err != nil {
 		return err
 	}

@@ -9,9 +9,7 @@ import (
 
 	"github.com/fhirgate/fhirgate/anchor"
 	"github.com/fhirgate/fhirgate/fhir"
-	"github.com/fhirgate/fhirgate/internal/store"
 	"github.com/fhirgate/fhirgate/policy"
-	"github.com/gorilla/mux"
 )
 
 // errNoLog answers the log endpoints when anchoring is off.
@@ -27,15 +25,7 @@ func (s *Server) receipt(w http.ResponseWriter, r *http.Request) error {
 	if s.cfg.Log == nil {
 		return errNoLog
 	}
-	k, err := s.key(r)
-	if err != nil {
-		return err
-	}
-	v, err := strconv.ParseInt(mux.Vars(r)["vid"], 10, 64)
-	if err != nil || v < 1 {
-		return store.ErrNotFound
-	}
-	rec, err := s.store.GetVersion(r.Context(), k, v)
+	rec, err := s.version(r)
 	if err != nil {
 		return err
 	}

@@ -1,7 +1,6 @@
 package gateway_test
 
 import (
-	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -12,7 +11,6 @@ import (
 	"github.com/fhirgate/fhirgate/gateway"
 	"github.com/fhirgate/fhirgate/internal/auth"
 	"github.com/fhirgate/fhirgate/internal/store"
-	"golang.org/x/mod/sumdb/tlog"
 )
 
 // logServer is an authenticating server with a transparency log anchored
@@ -143,11 +141,8 @@ func TestLogConsistency(t *testing.T) {
 		}
 		s.anchor(t)
 	}
-	if err := s.chain.Anchored(t.Context(), func(a anchor.Anchor) error {
-		sizes = append(sizes, a.TreeSize)
-		return nil
-	}); err != nil || len(sizes) != 3 {
-		t.Fatalf("anchors %v, %v", sizes, err)
+	if sizes = anchortest.Sizes(t, s.chain); len(sizes) != 3 {
+		t.Fatalf("anchors %v", sizes)
 	}
 	for i := 1; i < len(sizes); i++ {
 		// No token needed: it carries hashes only.
@@ -156,14 +151,12 @@ func TestLogConsistency(t *testing.T) {
 		if err := json.Unmarshal(r.body, &p); err != nil {
 			t.Fatal(err)
 		}
-		proof := make(tlog.TreeProof, len(p.Proof))
-		for j, h := range p.Proof {
-			b, _ := hex.DecodeString(h)
-			proof[j] = tlog.Hash(b)
-		}
 		r1, _ := s.chain.RootAt(t.Context(), sizes[i-1])
 		r2, _ := s.chain.RootAt(t.Context(), sizes[i])
-		if err := tlog.CheckTree(proof, int64(sizes[i]), tlog.Hash(r2), int64(sizes[i-1]), tlog.Hash(r1)); err != nil {
+		if p.First != int64(sizes[i-1]) || p.Second != int64(sizes[i]) {
+			t.Fatalf("proof for %d→%d, asked %d→%d", p.First, p.Second, sizes[i-1], sizes[i])
+		}
+		if err := p.Check(r1, r2); err != nil {
 			t.Fatalf("consistency %d→%d: %v", sizes[i-1], sizes[i], err)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/ethereum/go-ethereum/core/types"
 	"github.com/ethereum/go-ethereum/crypto"
 	"github.com/ethereum/go-ethereum/ethclient/simulated"
+	"github.com/fhirgate/fhirgate/anchor"
 	"github.com/fhirgate/fhirgate/anchor/evm"
 )
 
@@ -65,4 +66,24 @@ func (s *Sim) Chain(t testing.TB, key *ecdsa.PrivateKey) *evm.Chain {
 		t.Fatal(err)
 	}
 	return ch
+}
+
+// Sizes returns the tree sizes of every Anchored event on chain, in chain
+// order, and fails t unless each is larger than the one before (every
+// size anchored once).
+func Sizes(t testing.TB, chain anchor.Chain) []uint64 {
+	t.Helper()
+	var sizes []uint64
+	if err := chain.Anchored(t.Context(), func(a anchor.Anchor) error {
+		sizes = append(sizes, a.TreeSize)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i < len(sizes); i++ {
+		if sizes[i] <= sizes[i-1] {
+			t.Fatalf("anchored tree sizes %v: not each once, growing", sizes)
+		}
+	}
+	return sizes
 }

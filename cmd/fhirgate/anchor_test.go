@@ -19,6 +19,7 @@ import (
 	"github.com/ethereum/go-ethereum/common"
 	"github.com/ethereum/go-ethereum/ethclient"
 	"github.com/fhirgate/fhirgate/anchor"
+	"github.com/fhirgate/fhirgate/anchor/anchortest"
 	"github.com/fhirgate/fhirgate/anchor/evm"
 	"github.com/fhirgate/fhirgate/internal/auth"
 )
@@ -194,18 +195,7 @@ func TestCrashAnchoring(t *testing.T) {
 			t.Fatalf("Patient/%s: %v", a.id, err)
 		}
 	}
-	var sizes []uint64
-	if err := chain.Anchored(t.Context(), func(a anchor.Anchor) error {
-		sizes = append(sizes, a.TreeSize)
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	for i := 1; i < len(sizes); i++ {
-		if sizes[i] <= sizes[i-1] {
-			t.Fatalf("tree sizes anchored %v: not each once, growing", sizes)
-		}
-	}
+	sizes := anchortest.Sizes(t, chain)
 	t.Logf("%d acknowledged versions verified; %d anchors", len(acked), len(sizes))
 
 	// The CLIs a compliance team runs: verify the last receipt with and
