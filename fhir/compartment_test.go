@@ -23,6 +23,14 @@ func TestCompartments(t *testing.T) {
 			[]string{"Patient/b", "Patient/a"}, "Patient/b", true},
 		{"Consent", "c", `{"patient":{"reference":"http://x/fhir/Patient/a"}}`, []string{"Patient/a"}, "Patient/a", true},
 		{"AuditEvent", "e", `{"agent":[{"who":{"identifier":{"value":"Patient/z"}}}],"entity":[{"what":{"reference":"Patient/a"}}]}`, []string{"Patient/a"}, "Patient/a", true},
+		{"Communication", "m1", `{"sender":{"reference":"Patient/s"},"recipient":[{"reference":"Practitioner/d"}]}`, []string{"Patient/s"}, "Patient/s", true},
+		{"Communication", "m2", `{"recipient":[{"reference":"Patient/r"}],"sender":{"reference":"Patient/s"}}`, []string{"Patient/s", "Patient/r"}, "Patient/s", true},
+		{"Communication", "m3", `{"recipient":[{"reference":"Patient/r"}],"sender":{"reference":"Patient/s"},"subject":{"reference":"Patient/r"}}`,
+			[]string{"Patient/r", "Patient/s"}, "Patient/r", true},
+		{"Communication", "m4", `{"subject":{"reference":"Group/g"},"sender":{"reference":"Practitioner/d"},"recipient":[{"reference":"Device/x"}]}`, nil, "", true},
+		{"CommunicationRequest", "q1", `{"requester":{"reference":"Patient/q"},"recipient":[{"reference":"Practitioner/d"}]}`, []string{"Patient/q"}, "Patient/q", true},
+		{"CommunicationRequest", "q2", `{"requester":{"reference":"Patient/q"},"sender":{"reference":"Patient/s"}}`, []string{"Patient/s", "Patient/q"}, "Patient/s", true},
+		{"Subscription", "s", `{"status":"requested"}`, nil, "", false},
 		{"Practitioner", "d", `{}`, nil, "", false},
 	} {
 		var doc map[string]any

@@ -141,6 +141,23 @@ func TestExtract(t *testing.T) {
 		{"choice type only of the parameter's type", "Observation", obs, "component-value-quantity", []fhir.Value{{Num: 7, HasNum: true}}},
 		{"string choice", "Observation", obs, "value-string", nil},
 		{"not a choice element", "AuditEvent", `{"resourceType": "AuditEvent", "id": "a1", "outcomeDesc": "failed badly"}`, "outcome", nil},
+		{"instant", "Slot", slotDoc, "start", []fhir.Value{{
+			Lo: time.Date(2013, 12, 25, 9, 15, 0, 0, time.UTC), Hi: time.Date(2013, 12, 25, 9, 15, 1, 0, time.UTC),
+		}}},
+		{"Period element", "Schedule", scheduleDoc, "date", []fhir.Value{{
+			Lo: time.Date(2013, 12, 25, 9, 15, 0, 0, time.UTC), Hi: time.Date(2013, 12, 25, 9, 30, 1, 0, time.UTC),
+		}}},
+		{"nested code with implicit system", "Subscription", subscriptionDoc, "type", []fhir.Value{
+			{System: "http://hl7.org/fhir/subscription-channel-type", Code: "rest-hook", HasSystem: true},
+		}},
+		{"nested code without a system", "Subscription", subscriptionDoc, "payload", []fhir.Value{{Code: "application/fhir+json"}}},
+		{"plain string", "Subscription", subscriptionDoc, "criteria", []fhir.Value{
+			{Str: "Observation?code=http://loinc.org|1975-2", Norm: "observation?code=http://loinc.org|1975-2"},
+		}},
+		{"url", "Subscription", subscriptionDoc, "url", []fhir.Value{{Str: "https://biliwatch.com/customers/mount-auburn-miu/on-result"}}},
+		{"canonical reference", "Communication", `{"resourceType": "Communication", "instantiatesCanonical": ["http://example.org/PlanDefinition/p"]}`,
+			"instantiates-canonical", []fhir.Value{{RefURL: "http://example.org/PlanDefinition/p"}}},
+		{"display-only reference", "Communication", communicationDoc, "part-of", nil},
 		{"HumanName parts", "Patient", patientDoc, "name", []fhir.Value{
 			{Str: "Müller", Norm: "muller"}, {Str: "Anna", Norm: "anna"}, {Str: "Maria", Norm: "maria"}, {Str: "Dr.", Norm: "dr."},
 			{Str: "Johnny Mueller", Norm: "johnny mueller"},

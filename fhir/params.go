@@ -109,6 +109,50 @@ func fullParams() map[string][]*SearchParam {
 			coded(p("status", TypeToken, "The overall status of the appointment", "status"), "http://hl7.org/fhir/appointmentstatus"),
 			p("supporting-info", TypeReference, "Additional information to support the appointment", "supportingInformation"),
 		},
+		"Slot": {
+			p("appointment-type", TypeToken, "The style of appointment or patient that may be booked in the slot (not service type)", "appointmentType"),
+			p("identifier", TypeToken, "A Slot Identifier", "identifier"),
+			p("schedule", TypeReference, "The Schedule Resource that we are seeking a slot within", "schedule"),
+			p("service-category", TypeToken, "A broad categorization of the service that is to be performed during this appointment", "serviceCategory"),
+			p("service-type", TypeToken, "The type of appointments that can be booked into the slot", "serviceType"),
+			p("specialty", TypeToken, "The specialty of a practitioner that would be required to perform the service requested in this appointment", "specialty"),
+			p("start", TypeDate, "Appointment date/time.", "start"),
+			coded(p("status", TypeToken, "The free/busy status of the appointment", "status"), "http://hl7.org/fhir/slotstatus"),
+		},
+		"Schedule": {
+			p("active", TypeToken, "Is the schedule in active use", "active"),
+			p("actor", TypeReference, "The individual(HealthcareService, Practitioner, Location, ...) to find a Schedule for", "actor"),
+			p("date", TypeDate, "Search for Schedule resources that have a period that contains this date specified", "planningHorizon"),
+			p("identifier", TypeToken, "A Schedule Identifier", "identifier"),
+			p("service-category", TypeToken, "High-level category", "serviceCategory"),
+			p("service-type", TypeToken, "The type of appointments that can be booked into associated slot(s)", "serviceType"),
+			p("specialty", TypeToken, "Type of specialty needed", "specialty"),
+		},
+		"Communication": {
+			p("based-on", TypeReference, "Request fulfilled by this communication", "basedOn"),
+			p("category", TypeToken, "Message category", "category"),
+			p("encounter", TypeReference, "Encounter created as part of", "encounter"),
+			p("identifier", TypeToken, "Unique identifier", "identifier"),
+			p("instantiates-canonical", TypeReference, "Instantiates FHIR protocol or definition", "instantiatesCanonical"),
+			p("instantiates-uri", TypeURI, "Instantiates external protocol or definition", "instantiatesUri"),
+			p("medium", TypeToken, "A channel of communication", "medium"),
+			p("part-of", TypeReference, "Part of this action", "partOf"),
+			p("patient", TypeReference, "Focus of message", "subject@Patient"),
+			p("received", TypeDate, "When received", "received"),
+			p("recipient", TypeReference, "Message recipient", "recipient"),
+			p("sender", TypeReference, "Message sender", "sender"),
+			p("sent", TypeDate, "When sent", "sent"),
+			coded(p("status", TypeToken, "preparation | in-progress | not-done | on-hold | stopped | completed | entered-in-error | unknown", "status"), "http://hl7.org/fhir/event-status"),
+			p("subject", TypeReference, "Focus of message", "subject"),
+		},
+		"Subscription": {
+			p("contact", TypeToken, "Contact details for the subscription", "contact"),
+			p("criteria", TypeString, "The search rules used to determine when to send a notification", "criteria"),
+			p("payload", TypeToken, "The mime-type of the notification payload", "channel.payload"),
+			coded(p("status", TypeToken, "The current state of the subscription", "status"), "http://hl7.org/fhir/subscription-status"),
+			coded(p("type", TypeToken, "The type of channel for the sent notifications", "channel.type"), "http://hl7.org/fhir/subscription-channel-type"),
+			p("url", TypeURI, "The uri that will receive the notifications", "channel.endpoint"),
+		},
 		"Observation": {
 			p("based-on", TypeReference, "Reference to the service request", "basedOn"),
 			p("category", TypeToken, "The classification of the type of observation", "category"),
@@ -230,7 +274,6 @@ var compartmentParams = map[string]struct{ patient, subject []string }{
 	"Claim":                       {[]string{"patient"}, nil},
 	"ClaimResponse":               {[]string{"patient"}, nil},
 	"ClinicalImpression":          {[]string{"subject@Patient"}, []string{"subject"}},
-	"Communication":               {[]string{"subject@Patient"}, []string{"subject"}},
 	"CommunicationRequest":        {[]string{"subject@Patient"}, []string{"subject"}},
 	"Composition":                 {[]string{"subject@Patient"}, []string{"subject"}},
 	"Condition":                   {[]string{"subject@Patient"}, []string{"subject"}},
@@ -290,8 +333,9 @@ const (
 )
 
 // DefaultParams returns the registry the server uses: full parameter sets
-// for Patient, Practitioner, PractitionerRole, Appointment, Observation,
-// Consent, Encounter and AuditEvent; for every other R4 type, `patient` and `subject` where R4
+// for Patient, Practitioner, PractitionerRole, Appointment, Slot, Schedule,
+// Observation, Consent, Encounter, AuditEvent, Communication and
+// Subscription; for every other R4 type, `patient` and `subject` where R4
 // defines them. Every type also has _id and _lastUpdated.
 func DefaultParams() Params {
 	out := Params{}

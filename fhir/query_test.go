@@ -765,3 +765,89 @@ func TestSortValue(t *testing.T) {
 		})
 	}
 }
+
+// The R4 examples slot-example and schedule-example (as in
+// testdata/conformance/r4-examples), communication-example and
+// subscription-example, without their narrative.
+const (
+	slotDoc = `{"resourceType": "Slot", "id": "example",
+	  "serviceCategory": [{"coding": [{"code": "17", "display": "General Practice"}]}],
+	  "serviceType": [{"coding": [{"code": "57", "display": "Immunization"}]}],
+	  "specialty": [{"coding": [{"code": "408480009", "display": "Clinical immunology"}]}],
+	  "appointmentType": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0276", "code": "WALKIN", "display": "A previously unscheduled walk-in visit"}]},
+	  "schedule": {"reference": "Schedule/example"},
+	  "status": "free",
+	  "start": "2013-12-25T09:15:00Z",
+	  "end": "2013-12-25T09:30:00Z",
+	  "comment": "Assessments should be performed before requesting appointments in this slot."}`
+	scheduleDoc = `{"resourceType": "Schedule", "id": "example",
+	  "identifier": [{"use": "usual", "system": "http://example.org/scheduleid", "value": "45"}],
+	  "active": true,
+	  "serviceCategory": [{"coding": [{"code": "17", "display": "General Practice"}]}],
+	  "serviceType": [{"coding": [{"code": "57", "display": "Immunization"}]}],
+	  "specialty": [{"coding": [{"code": "408480009", "display": "Clinical immunology"}]}],
+	  "actor": [{"reference": "Location/1", "display": "Burgers UMC, South Wing, second floor"}],
+	  "planningHorizon": {"start": "2013-12-25T09:15:00Z", "end": "2013-12-25T09:30:00Z"},
+	  "comment": "The slots attached to this schedule should be specialized to cover immunizations within the clinic"}`
+	communicationDoc = `{"resourceType": "Communication", "id": "example",
+	  "identifier": [{"type": {"text": "Paging System"}, "system": "urn:oid:1.3.4.5.6.7", "value": "2345678901"}],
+	  "instantiatesUri": ["http://example.org/hyperkalemia"],
+	  "partOf": [{"display": "Serum Potassium Observation"}],
+	  "status": "completed",
+	  "category": [{"coding": [{"system": "http://acme.org/messagetypes", "code": "Alert"}], "text": "Alert"}],
+	  "medium": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationMode", "code": "WRITTEN", "display": "written"}], "text": "written"}],
+	  "subject": {"reference": "Patient/example"},
+	  "encounter": {"reference": "Encounter/example"},
+	  "sent": "2014-12-12T18:01:10-08:00",
+	  "received": "2014-12-12T18:01:11-08:00",
+	  "recipient": [{"reference": "Practitioner/example"}],
+	  "sender": {"reference": "Device/f001"},
+	  "payload": [{"contentString": "Patient 1 has a very high serum potassium value (7.2 mmol/L on 2014-Dec-12 at 5:55 pm)"}]}`
+	subscriptionDoc = `{"resourceType": "Subscription", "id": "example",
+	  "status": "requested",
+	  "contact": [{"system": "phone", "value": "ext 4123"}],
+	  "end": "2021-01-01T00:00:00Z",
+	  "reason": "Monitor new neonatal function",
+	  "criteria": "Observation?code=http://loinc.org|1975-2",
+	  "channel": {"type": "rest-hook", "endpoint": "https://biliwatch.com/customers/mount-auburn-miu/on-result",
+	    "payload": "application/fhir+json", "header": ["Authorization: Bearer secret-token-abc-123"]}}`
+)
+
+func TestMatchesSchedulingAndMessaging(t *testing.T) {
+	runMatchTests(t, []matchTest{
+		{"Slot schedule, status and start", "Slot", slotDoc, "schedule=Schedule/example&status=free&start=ge2013-12-25", true},
+		{"Slot status system|code", "Slot", slotDoc, "status=http://hl7.org/fhir/slotstatus|free", true},
+		{"Slot other status", "Slot", slotDoc, "schedule=Schedule/example&status=busy", false},
+		{"Slot start after", "Slot", slotDoc, "start=ge2026-01-01", false},
+		{"Slot start instant", "Slot", slotDoc, "start=2013-12-25T09:15:00Z", true},
+		{"Slot other schedule", "Slot", slotDoc, "schedule=Schedule/other", false},
+		{"Slot appointment-type", "Slot", slotDoc, "appointment-type=http://terminology.hl7.org/CodeSystem/v2-0276|WALKIN", true},
+		{"Slot service-category, service-type, specialty", "Slot", slotDoc, "service-category=17&service-type=57&specialty=408480009", true},
+
+		{"Schedule actor and active", "Schedule", scheduleDoc, "actor=Location/1&active=true", true},
+		{"Schedule date within planningHorizon", "Schedule", scheduleDoc, "date=2013-12-25", true},
+		{"Schedule date outside planningHorizon", "Schedule", scheduleDoc, "date=2013-12-26", false},
+		{"Schedule identifier", "Schedule", scheduleDoc, "identifier=http://example.org/scheduleid|45", true},
+		{"Schedule specialty", "Schedule", scheduleDoc, "specialty=408480009&service-type=57&service-category=17", true},
+
+		{"Communication sender and recipient", "Communication", communicationDoc, "sender=Device/f001&recipient=Practitioner/example", true},
+		{"Communication other recipient", "Communication", communicationDoc, "recipient=Practitioner/other", false},
+		{"Communication patient", "Communication", communicationDoc, "patient=example&subject=Patient/example", true},
+		{"Communication status", "Communication", communicationDoc, "status=http://hl7.org/fhir/event-status|completed", true},
+		{"Communication other status", "Communication", communicationDoc, "status=in-progress", false},
+		{"Communication medium and category", "Communication", communicationDoc, "medium=WRITTEN&category=http://acme.org/messagetypes|Alert", true},
+		{"Communication sent and received", "Communication", communicationDoc, "sent=ge2014-12-12&received=lt2014-12-14", true},
+		{"Communication sent before", "Communication", communicationDoc, "sent=lt2014-12-01", false},
+		{"Communication encounter and identifier", "Communication", communicationDoc, "encounter=Encounter/example&identifier=urn:oid:1.3.4.5.6.7|2345678901", true},
+		{"Communication instantiates-uri", "Communication", communicationDoc, "instantiates-uri=http://example.org/hyperkalemia", true},
+
+		{"Subscription status and type", "Subscription", subscriptionDoc, "status=requested&type=rest-hook", true},
+		{"Subscription type system|code", "Subscription", subscriptionDoc, "type=http://hl7.org/fhir/subscription-channel-type|rest-hook", true},
+		{"Subscription other type", "Subscription", subscriptionDoc, "type=websocket", false},
+		{"Subscription other status", "Subscription", subscriptionDoc, "status=active", false},
+		{"Subscription url", "Subscription", subscriptionDoc, "url=https://biliwatch.com/customers/mount-auburn-miu/on-result", true},
+		{"Subscription payload", "Subscription", subscriptionDoc, "payload=application/fhir%2Bjson", true},
+		{"Subscription criteria", "Subscription", subscriptionDoc, "criteria=observation", true},
+		{"Subscription contact", "Subscription", subscriptionDoc, "contact=ext%204123", true},
+	})
+}

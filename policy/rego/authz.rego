@@ -200,19 +200,31 @@ denials contains sprintf("%s is not in the compartment of %s", [resource_ref, in
 	not input.subject.fhirUser in compartments
 }
 
-# A patient writes only their own Consents and Appointments.
-denials contains sprintf("patient %s may only write Consent and Appointment", [input.subject.fhirUser]) if {
+# A patient writes only their own Consents, Appointments and
+# Communications, and Subscriptions (a type without patient compartments:
+# the scope alone decides).
+patient_writable := {"Consent", "Appointment", "Communication", "Subscription"}
+
+denials contains sprintf("patient %s may only write Consent, Appointment, Communication and Subscription", [input.subject.fhirUser]) if {
 	input.subject.kind == "patient"
 	writing
-	not input.resource.type in {"Consent", "Appointment"}
+	not input.resource.type in patient_writable
 }
 
 denials contains sprintf("%s is not in the compartment of %s", [resource_ref, input.subject.fhirUser]) if {
 	input.subject.kind == "patient"
 	writing
-	input.resource.type in {"Consent", "Appointment"}
+	input.resource.type in patient_writable
+	patient_must_own
 	not input.subject.fhirUser in compartments
 }
+
+# patient_must_own: a patient's write must be in their own compartment,
+# always for Consent, Appointment and Communication, and for a resource of
+# any other type that can be in a compartment.
+patient_must_own if input.resource.type in {"Consent", "Appointment", "Communication"}
+
+patient_must_own if patient_data
 
 # ---------------------------------------------------------------------------
 # Practitioners and consent

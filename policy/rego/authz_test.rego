@@ -327,8 +327,51 @@ test_patient_denied_other_writes if {
 	sub := patient_a([scope("patient", "*", "cruds")])
 	d := decide(req(sub, "create", obs("", ["Patient/a"])))
 	not d.allow
-	d.reasons == ["patient Patient/a may only write Consent and Appointment"]
+	d.reasons == ["patient Patient/a may only write Consent, Appointment, Communication and Subscription"]
 	not decide(req(sub, "update", practitioner_res("p1"))).allow
+	not decide(req(sub, "create", res("CommunicationRequest", "", ["Patient/a"]))).allow
+}
+
+test_patient_writes_own_communication if {
+	sub := patient_a([scope("patient", "Communication", "cud")])
+	d := decide(req(sub, "create", res("Communication", "", ["Patient/a", "Practitioner/p1"])))
+	d.allow
+	d.reasons == ["scope patient/Communication.cud covers create of Communication"]
+	decide(req(sub, "update", res("Communication", "m1", ["Patient/b", "Patient/a"]))).allow
+	decide(req(sub, "delete", res("Communication", "m1", ["Patient/a"]))).allow
+}
+
+test_patient_denied_writing_others_communication if {
+	sub := patient_a([scope("patient", "*", "cruds")])
+	d := decide(req(sub, "create", res("Communication", "", ["Patient/b"])))
+	not d.allow
+	d.reasons == ["Communication is not in the compartment of Patient/a"]
+
+	# a Communication in no compartment (between practitioners) neither
+	u := decide(req(sub, "update", res("Communication", "m2", [])))
+	not u.allow
+	u.reasons == ["Communication/m2 is not in the compartment of Patient/a"]
+}
+
+subscription(id) := {"type": "Subscription", "id": id, "compartments": [], "compartmentType": false}
+
+test_patient_writes_subscription_with_scope if {
+	d := decide(req(patient_a([scope("patient", "Subscription", "cruds")]), "create", subscription("")))
+	d.allow
+	d.reasons == ["scope patient/Subscription.cruds covers create of Subscription"]
+	decide(req(patient_a([scope("patient", "*", "cud")]), "update", subscription("s1"))).allow
+	decide(req(patient_a([scope("user", "Subscription", "d")]), "delete", subscription("s1"))).allow
+}
+
+test_patient_denied_subscription_without_scope if {
+	d := decide(req(patient_a([scope("patient", "Communication", "cruds")]), "create", subscription("")))
+	not d.allow
+	d.reasons == ["no scope covers create of Subscription"]
+
+	# a read scope does not cover writes
+	u := decide(req(patient_a([scope("patient", "Subscription", "rs")]), "update", subscription("s1")))
+	not u.allow
+	u.reasons == ["no scope covers update of Subscription"]
 }
 
 test_patient_denied_writing_others_consent if {
