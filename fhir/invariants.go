@@ -14,6 +14,9 @@ import (
 //     order depends on precision (a date against a dateTime on the same
 //     day) fail, as FHIRPath's comparison is then empty.
 //   - ras-2 (RiskAssessment.prediction): probabilityDecimal is at most 100.
+//   - app-2 (Appointment): start and end are both present or both absent;
+//     app-3: only a proposed, cancelled or waitlist Appointment may lack
+//     them.
 //   - bdl-7 (Bundle): fullUrl is unique unless the entries differ in
 //     meta.versionId; Bundle.entry.fullUrl must be an absolute URL or urn
 //     (R4 bundle.html "fullUrl"); each link relation occurs at most once.
@@ -35,7 +38,23 @@ func checkInvariants(rt string, doc map[string]any) []Issue {
 	if rt == "Bundle" {
 		out = append(out, bundleInvariants(doc)...)
 	}
+	if rt == "Appointment" {
+		out = append(out, appointmentInvariants(doc)...)
+	}
 	return out
+}
+
+func appointmentInvariants(doc map[string]any) []Issue {
+	_, start := doc["start"]
+	_, end := doc["end"]
+	if start != end {
+		return []Issue{invariant("Appointment", "app-2", "either start and end are specified, or neither")}
+	}
+	switch status, _ := doc["status"].(string); {
+	case start, status == "proposed", status == "cancelled", status == "waitlist":
+		return nil
+	}
+	return []Issue{invariant("Appointment", "app-3", "only proposed, cancelled or waitlist appointments can be missing start/end dates")}
 }
 
 func invariant(expr, key, msg string) Issue {

@@ -446,3 +446,29 @@ func Trusted(body []byte) (*Resource, error) {
 	r.ID, _ = doc["id"].(string)
 	return r, nil
 }
+
+// Set replaces the top-level member name (appending it when absent) with
+// v, in both the encoded form and Doc. It is for the server's own changes
+// to stored resources (a Slot's status, say): v is not validated.
+func (r *Resource) Set(name string, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var val any
+	if err := dec.Decode(&val); err != nil {
+		return err
+	}
+	for i := range r.fields {
+		if r.fields[i].name == name {
+			r.fields[i].raw = raw
+			r.Doc[name] = val
+			return nil
+		}
+	}
+	r.fields = append(r.fields, field{name: name, raw: raw})
+	r.Doc[name] = val
+	return nil
+}
