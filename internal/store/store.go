@@ -97,6 +97,51 @@ type HistoryQuery struct {
 	Count    int // at most this many; 0 means no limit
 }
 
+// Write is one version a Commit stores, with its condition.
+type Write struct {
+	Record
+	// IfNoneMatch, if set, fails the commit with ErrExists when any live
+	// resource matches it (before the commit).
+	IfNoneMatch *Query
+}
+
+// Cell is a small opaque value the store keeps beside the resources under
+// an id (a practitioner's booking calendar, a Subscription's owner). A
+// cell changes only in a Commit, by compare-and-set on its Version, and is
+// never removed: Version 0 is a cell never written.
+type Cell struct {
+	ID      string
+	Version int64
+	Value   []byte
+}
+
+// SetCell sets cell ID to Value in a Commit if its current version is
+// Version (0: never written); the cell's new version is Version+1.
+type SetCell struct {
+	ID      string
+	Version int64
+	Value   []byte
+}
+
+// Commit is what Store.Commit writes in one atomic step.
+type Commit struct {
+	Writes []Write
+	Cells  []SetCell
+}
+
+// ErrCellChanged: a cell of a Commit was not at the version it expected.
+var ErrCellChanged = fmt.Errorf("cell changed: %w", ErrConflict)
+
+// WriteError says which write of a Commit failed its condition; Err is
+// ErrConflict, ErrExists or ErrErased.
+type WriteError struct {
+	Index int
+	Err   error
+}
+
+func (e *WriteError) Error() string { return fmt.Sprintf("write %d: %v", e.Index, e.Err) }
+func (e *WriteError) Unwrap() error { return e.Err }
+
 // Store is a versioned resource store. Implementations MUST commit a
 // version, its history entry and its index entries atomically, and MUST be
 // durable when Put returns.
@@ -105,6 +150,17 @@ type Store interface {
 	// ErrConflict unless the current version is r.Version-1 (0: the
 	// resource does not exist).
 	Put(ctx context.Context, r Record, opts PutOptions) error
+	// Commit stores every write and sets every cell in one atomic,
+	// durable step, or none of them. Every condition is checked against
+	// the state before the commit: each write's version as Put does and
+	// its IfNoneMatch (failing with a *WriteError), each cell's version
+	// (failing with ErrCellChanged). Two writes of one resource, or two
+	// settings of one cell, fail with an error before anything is read.
+	// Leaves are appended in the order of Writes.
+	Commit(ctx context.Context, c Commit) error
+	// GetCell returns a cell; one never written has Version 0 and no
+	// Value.
+	GetCell(ctx context.Context, id string) (Cell, error)
 	// Get returns the current version, which may be a tombstone.
 	Get(ctx context.Context, k Key) (Record, error)
 	// GetVersion returns version v.
@@ -134,4 +190,45 @@ type Store interface {
 	// Ping reports whether the store is reachable.
 	Ping(ctx context.Context) error
 	Close() error
+}
+
+// CheckCommit returns an error when c writes one resource, or sets one
+// cell, twice. Backends call it before anything else.
+func CheckCommit(c Commit) error {
+	seen := make(map[Key]bool, len(c.Writes))
+	for _, w := range c.Writes {
+		if seen[w.Key()] {
+			return fmt.Errorf("store: commit writes %s twice", w.Key())
+		}
+		seen[w.Key()] = true
+	}
+	cells := make(map[string]bool, len(c.Cells))
+	for _, sc := range c.Cells {
+		if cells[sc.ID] {
+			return fmt.Errorf("store: commit sets a cell twice")
+		}
+		cells[sc.ID] = true
+	}
+	return nil
+}
+
+// PutByCommit is Store.Put for a backend whose Put is a Commit of one
+// write: it returns the write's error unwrapped from its *WriteError.
+func PutByCommit(ctx context.Context, commit func(context.Context, Commit) error, r Record, opts PutOptions) error {
+	err := commit(ctx, Commit{Writes: []Write{{Record: r, IfNoneMatch: opts.IfNoneMatch}}})
+	if we := (*WriteError)(nil); errors.As(err, &we) {
+		return we.Err
+	}
+	return err
+}
+
+// Bus carries small messages between the gateway processes that share a
+// store. Messages are best effort: a process that is not subscribed when
+// one is published never sees it.
+type Bus interface {
+	// Publish sends msg to every subscriber of topic, in every process.
+	Publish(ctx context.Context, topic string, msg []byte) error
+	// Subscribe calls fn for every message published on topic until ctx
+	// is done; it returns once the subscription is in place.
+	Subscribe(ctx context.Context, topic string, fn func(msg []byte)) error
 }

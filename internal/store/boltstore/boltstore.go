@@ -1,5 +1,6 @@
 // Package boltstore is the embedded store.Store, on go.etcd.io/bbolt. Every
-// Put, Erase and PutKey is one bbolt transaction, fsynced before it returns.
+// Put, Commit, Erase and PutKey is one bbolt transaction, fsynced before it
+// returns.
 package boltstore
 
 import (
@@ -47,6 +48,7 @@ var (
 	bLeaves  = []byte("leaves")  // leaf index(8) -> leaf data
 	bHashes  = []byte("hashes")  // stored-hash index(8) -> hash (32)
 	bAnchors = []byte("anchors") // tree size(8) -> anchor
+	bCells   = []byte("cells")   // cell id -> version(8) + value
 )
 
 // New opens (creating if needed) the database under cfg.Dir.
@@ -71,7 +73,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	db.MaxBatchDelay = 2 * time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bCurrent, bVersion, bHistory, bIndex, bLive, bErased, bKeys, bLog, bLeaves, bHashes, bAnchors} {
+		for _, b := range [][]byte{bCurrent, bVersion, bHistory, bIndex, bLive, bErased, bKeys, bLog, bLeaves, bHashes, bAnchors, bCells} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -133,84 +135,152 @@ func missing(tx *bolt.Tx, k store.Key) error {
 	return store.ErrNotFound
 }
 
-// Put implements store.Store.
+// Put implements store.Store: a Commit of one write.
 func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) error {
+	return store.PutByCommit(ctx, s.Commit, r, opts)
+}
+
+// Commit implements store.Store, in one transaction: every condition is
+// checked before anything is written.
+func (s *Store) Commit(ctx context.Context, c store.Commit) error {
+	if err := store.CheckCommit(c); err != nil {
+		return err
+	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	// db.Batch coalesces concurrent writers into one transaction and one
-	// fsync; a function that fails is re-run alone, so each Put still
+	// fsync; a function that fails is re-run alone, so each Commit still
 	// commits or fails on its own.
 	return s.db.Batch(func(tx *bolt.Tx) error {
-		cur := tx.Bucket(bCurrent)
-		ck := key(r.Type, r.ID)
-		var curVer int64
-		var oldTerms []store.Term
-		if v := cur.Get(ck); v != nil {
-			curVer = int64(binary.BigEndian.Uint64(v))
+		old := make([][]store.Term, len(c.Writes))
+		for i, w := range c.Writes {
 			var err error
-			if oldTerms, err = store.DecodeTerms(v[8:]); err != nil {
-				return err
-			}
-		} else if has(tx.Bucket(bErased), ck) {
-			return store.ErrErased
-		}
-		if curVer != r.Version-1 {
-			return store.ErrConflict
-		}
-		if opts.IfNoneMatch != nil {
-			ids, err := search(tx, *opts.IfNoneMatch)
-			if err != nil {
-				return err
-			}
-			if len(ids) > 0 {
-				return store.ErrExists
-			}
-		}
-		idx := tx.Bucket(bIndex)
-		for _, t := range oldTerms {
-			if k, ok := termKey(r.Type, t, r.ID); ok {
-				if err := idx.Delete(k); err != nil {
-					return err
+			if old[i], err = checkWrite(tx, w); err != nil {
+				if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrErased) {
+					err = &store.WriteError{Index: i, Err: err}
 				}
-			}
-		}
-		terms := r.Terms
-		if r.Deleted {
-			terms = nil
-		}
-		for _, t := range terms {
-			if k, ok := termKey(r.Type, t, r.ID); ok {
-				if err := idx.Put(k, nil); err != nil {
-					return err
-				}
-			}
-		}
-		cv := make([]byte, 8, 8+64)
-		binary.BigEndian.PutUint64(cv, uint64(r.Version))
-		cv = append(cv, store.EncodeTerms(terms)...)
-		if err := cur.Put(ck, cv); err != nil {
-			return err
-		}
-		var leafIdx int64
-		if r.Leaf != nil {
-			var err error
-			if leafIdx, err = appendLeaf(tx, r.Leaf); err != nil {
 				return err
 			}
 		}
-		if err := tx.Bucket(bVersion).Put(verKey(r.Type, r.ID, r.Version), store.EncodeVersion(r, leafIdx)); err != nil {
-			return err
+		cells := tx.Bucket(bCells)
+		for _, sc := range c.Cells {
+			if cellVersion(cells.Get([]byte(sc.ID))) != sc.Version {
+				return store.ErrCellChanged
+			}
 		}
-		if err := tx.Bucket(bHistory).Put(histKey(r.Type, r.Updated, r.ID, r.Version), nil); err != nil {
-			return err
+		for i, w := range c.Writes {
+			if err := putVersion(tx, w.Record, old[i]); err != nil {
+				return err
+			}
 		}
-		live := tx.Bucket(bLive)
-		if r.Deleted {
-			return live.Delete(ck)
+		for _, sc := range c.Cells {
+			v := binary.BigEndian.AppendUint64(make([]byte, 0, 8+len(sc.Value)), uint64(sc.Version+1))
+			if err := cells.Put([]byte(sc.ID), append(v, sc.Value...)); err != nil {
+				return err
+			}
 		}
-		return live.Put(ck, nil)
+		return nil
 	})
+}
+
+// checkWrite checks w's conditions in tx and returns the terms of the
+// resource's current version.
+func checkWrite(tx *bolt.Tx, w store.Write) ([]store.Term, error) {
+	ck := key(w.Type, w.ID)
+	var curVer int64
+	var terms []store.Term
+	if v := tx.Bucket(bCurrent).Get(ck); v != nil {
+		curVer = int64(binary.BigEndian.Uint64(v))
+		var err error
+		if terms, err = store.DecodeTerms(v[8:]); err != nil {
+			return nil, err
+		}
+	} else if has(tx.Bucket(bErased), ck) {
+		return nil, store.ErrErased
+	}
+	if curVer != w.Version-1 {
+		return nil, store.ErrConflict
+	}
+	if w.IfNoneMatch != nil {
+		ids, err := search(tx, *w.IfNoneMatch)
+		if err != nil {
+			return nil, err
+		}
+		if len(ids) > 0 {
+			return nil, store.ErrExists
+		}
+	}
+	return terms, nil
+}
+
+// putVersion writes r over the current version, whose terms are oldTerms,
+// and appends r's leaf.
+func putVersion(tx *bolt.Tx, r store.Record, oldTerms []store.Term) error {
+	ck := key(r.Type, r.ID)
+	idx := tx.Bucket(bIndex)
+	for _, t := range oldTerms {
+		if k, ok := termKey(r.Type, t, r.ID); ok {
+			if err := idx.Delete(k); err != nil {
+				return err
+			}
+		}
+	}
+	terms := r.Terms
+	if r.Deleted {
+		terms = nil
+	}
+	for _, t := range terms {
+		if k, ok := termKey(r.Type, t, r.ID); ok {
+			if err := idx.Put(k, nil); err != nil {
+				return err
+			}
+		}
+	}
+	cv := make([]byte, 8, 8+64)
+	binary.BigEndian.PutUint64(cv, uint64(r.Version))
+	cv = append(cv, store.EncodeTerms(terms)...)
+	if err := tx.Bucket(bCurrent).Put(ck, cv); err != nil {
+		return err
+	}
+	var leafIdx int64
+	if r.Leaf != nil {
+		var err error
+		if leafIdx, err = appendLeaf(tx, r.Leaf); err != nil {
+			return err
+		}
+	}
+	if err := tx.Bucket(bVersion).Put(verKey(r.Type, r.ID, r.Version), store.EncodeVersion(r, leafIdx)); err != nil {
+		return err
+	}
+	if err := tx.Bucket(bHistory).Put(histKey(r.Type, r.Updated, r.ID, r.Version), nil); err != nil {
+		return err
+	}
+	live := tx.Bucket(bLive)
+	if r.Deleted {
+		return live.Delete(ck)
+	}
+	return live.Put(ck, nil)
+}
+
+// cellVersion returns the version of a stored cell value (0: none).
+func cellVersion(v []byte) int64 {
+	if len(v) < 8 {
+		return 0
+	}
+	return int64(binary.BigEndian.Uint64(v))
+}
+
+// GetCell implements store.Store.
+func (s *Store) GetCell(ctx context.Context, id string) (store.Cell, error) {
+	c := store.Cell{ID: id}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bCells).Get([]byte(id)); v != nil {
+			c.Version, c.Value = cellVersion(v), bytes.Clone(v[8:])
+		}
+		return nil
+	})
+	return c, err
 }
 
 // Get implements store.Store.

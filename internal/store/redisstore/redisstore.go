@@ -2,8 +2,8 @@
 // UniversalClient; the transparency log needs one primary, see below).
 //
 // Key layout, for resource type T (every key of a type shares the hash tag
-// {T}, so a version, its history entry and its index entries are written,
-// and erased, by one Lua script in one slot):
+// {T}, so a version, its history entry and its index entries are erased by
+// one Lua script in one slot):
 //
 //	fg:{T}:r:<id>            hash: cur -> current version, t -> its terms, v:<n> -> version n;
 //	                         once erased, only erased -> 1
@@ -15,16 +15,25 @@
 //
 //	fg:{keys}                hash: id -> value
 //
-// The transparency log (anchor.Storage) is in the slot {log}; the put
-// script appends a version's leaf there, so on Redis Cluster it would
-// cross slots: the log needs a standalone Redis (or one primary).
+// Cells are one hash each, in the slot {cells}:
 //
-//	fg:{log}:n               leaves committed (INCR in the put script)
+//	fg:{cells}:<id>          hash: v -> version (decimal), d -> value
+//
+// The transparency log (anchor.Storage) is in the slot {log}:
+//
+//	fg:{log}:n               leaves committed (INCR in the commit script)
 //	fg:{log}:l               hash: leaf index -> leaf data
 //	fg:{log}:hs              hashed tree size
 //	fg:{log}:sh:<k>          string: stored hashes k<<15 … as 32-byte runs
 //	fg:{log}:a               zset: anchors scored by tree size
 //	fg:{log}:lease:<name>    the anchoring lease's holder, with a TTL
+//
+// Put and Commit run one script (commit.lua) that writes the versions of
+// any types, appends their leaves and sets cells, so it crosses slots: the
+// store needs a standalone Redis (or one primary), not Redis Cluster.
+//
+// The Bus (Publish, Subscribe) uses Redis PUBLISH and SUBSCRIBE on the
+// channel fg:bus:<topic>.
 //
 // The cost of one slot per type is that a type cannot be spread over
 // Cluster nodes; see docs in README.
@@ -46,10 +55,10 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-//go:embed put.lua
-var putLua string
+//go:embed commit.lua
+var commitLua string
 
-var putScript = redis.NewScript(putLua)
+var commitScript = redis.NewScript(commitLua)
 
 //go:embed erase.lua
 var eraseLua string
@@ -140,23 +149,38 @@ func (s *Store) resKey(t, id string) string { return s.tp(t) + "r:" + id }
 
 func (s *Store) keysKey() string { return s.prefix + ":{keys}" }
 
-// readCur reads a resource's current version ("0": none), its terms, and
-// whether it was erased.
-func (s *Store) readCur(ctx context.Context, rk string) (cur string, terms []store.Term, erased bool, err error) {
-	vals, err := s.rdb.HMGet(ctx, rk, "cur", "t", "erased").Result()
-	if err != nil {
-		return "", nil, false, err
-	}
-	cur = "0"
-	if c, ok := vals[0].(string); ok {
-		cur = c
+// current is what a write needs to know of a resource's current version.
+type current struct {
+	ver    string // "0": none
+	terms  []store.Term
+	erased bool
+}
+
+// curFields are the resource hash fields parseCur reads.
+var curFields = []string{"cur", "t", "erased"}
+
+// parseCur parses the values of curFields.
+func parseCur(vals []any) (current, error) {
+	c := current{ver: "0", erased: vals[2] != nil}
+	if v, ok := vals[0].(string); ok {
+		c.ver = v
 		if t, ok := vals[1].(string); ok {
-			if terms, err = store.DecodeTerms([]byte(t)); err != nil {
-				return "", nil, false, err
+			var err error
+			if c.terms, err = store.DecodeTerms([]byte(t)); err != nil {
+				return c, err
 			}
 		}
 	}
-	return cur, terms, vals[2] != nil, nil
+	return c, nil
+}
+
+// readCur reads a resource's current version.
+func (s *Store) readCur(ctx context.Context, rk string) (current, error) {
+	vals, err := s.rdb.HMGet(ctx, rk, curFields...).Result()
+	if err != nil {
+		return current{}, err
+	}
+	return parseCur(vals)
 }
 
 // termSpec lists terms as [param, value] pairs for a script.
@@ -168,30 +192,98 @@ func termSpec(ts []store.Term) [][2]string {
 	return out
 }
 
-// Put implements store.Store.
+// Put implements store.Store: a Commit of one write.
 func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) error {
-	rk := s.resKey(r.Type, r.ID)
-	cur, old, erased, err := s.readCur(ctx, rk)
-	if err != nil {
+	return store.PutByCommit(ctx, s.Commit, r, opts)
+}
+
+// Commit implements store.Store. It reads the current version of every
+// resource it writes (their terms are replaced), then runs commit.lua,
+// which checks every condition again before it writes anything.
+func (s *Store) Commit(ctx context.Context, c store.Commit) error {
+	if err := store.CheckCommit(c); err != nil {
+		return err
+	}
+	curs := make([]current, len(c.Writes))
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(c.Writes))
+	for i, w := range c.Writes {
+		cmds[i] = pipe.HMGet(ctx, s.resKey(w.Type, w.ID), curFields...)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
 		return fmt.Errorf("redisstore: read current: %w", err)
 	}
-	if erased {
-		return store.ErrErased
+	for i, cmd := range cmds {
+		var err error
+		if curs[i], err = parseCur(cmd.Val()); err != nil {
+			return err
+		}
 	}
-	if cur != strconv.FormatInt(r.Version-1, 10) {
-		return store.ErrConflict
+	keys := make([]string, 2, 2+3*len(c.Writes)+len(c.Cells))
+	keys[0], keys[1] = s.logKey("n"), s.logKey("l")
+	args := make([]any, 2, 2+10*len(c.Writes)+3*len(c.Cells))
+	args[0], args[1] = len(c.Writes), store.LeafIndexOffset
+	for i, w := range c.Writes {
+		cur := curs[i]
+		switch {
+		case cur.erased:
+			return &store.WriteError{Index: i, Err: store.ErrErased}
+		case cur.ver != strconv.FormatInt(w.Version-1, 10):
+			return &store.WriteError{Index: i, Err: store.ErrConflict}
+		}
+		wargs, err := s.writeArgs(w, cur)
+		if err != nil {
+			return err
+		}
+		p := s.tp(w.Type)
+		keys = append(keys, p+"r:"+w.ID, p+"h", p+"ids")
+		args = append(args, wargs...)
 	}
-	terms := r.Terms
-	if r.Deleted {
+	for _, sc := range c.Cells {
+		keys = append(keys, s.cellKey(sc.ID))
+		args = append(args, sc.Version, sc.Version+1, sc.Value)
+	}
+	res, err := commitScript.Run(ctx, s.rdb, keys, args...).Slice()
+	if err != nil {
+		return fmt.Errorf("redisstore: commit: %w", err)
+	}
+	reason, _ := res[0].(string)
+	if reason == "cell" {
+		return store.ErrCellChanged
+	}
+	if reason == "ok" {
+		return nil
+	}
+	var i int64
+	if len(res) > 1 {
+		i, _ = res[1].(int64)
+	}
+	switch reason {
+	case "conflict":
+		return &store.WriteError{Index: int(i), Err: store.ErrConflict}
+	case "exists":
+		return &store.WriteError{Index: int(i), Err: store.ErrExists}
+	case "erased":
+		return &store.WriteError{Index: int(i), Err: store.ErrErased}
+	}
+	return fmt.Errorf("redisstore: commit: unexpected reply %v", res)
+}
+
+// writeArgs returns commit.lua's ten arguments for w, whose resource's
+// current version is cur.
+func (s *Store) writeArgs(w store.Write, cur current) ([]any, error) {
+	terms := w.Terms
+	if w.Deleted {
 		terms = nil
 	}
 	spec := struct {
-		Old   [][2]string   `json:"old"`
-		New   [][2]string   `json:"new"`
-		Guard [][][2]string `json:"guard"`
-	}{Old: termSpec(old), New: termSpec(terms)}
-	if g := opts.IfNoneMatch; g != nil {
-		spec.Guard = [][][2]string{}
+		Old         [][2]string   `json:"old"`
+		New         [][2]string   `json:"new"`
+		Guard       [][][2]string `json:"guard"`
+		GuardPrefix string        `json:"gp,omitempty"`
+	}{Old: termSpec(cur.terms), New: termSpec(terms)}
+	if g := w.IfNoneMatch; g != nil {
+		spec.Guard, spec.GuardPrefix = [][][2]string{}, s.tp(g.Type)
 		for _, clause := range g.All {
 			var c [][2]string
 			for _, m := range clause {
@@ -202,31 +294,35 @@ func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) 
 	}
 	sj, err := json.Marshal(spec)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	deleted := "0"
-	if r.Deleted {
+	if w.Deleted {
 		deleted = "1"
 	}
-	res, err := putScript.Run(ctx, s.rdb,
-		[]string{rk, s.tp(r.Type) + "h", s.tp(r.Type) + "ids", s.logKey("n"), s.logKey("l")},
-		s.tp(r.Type), cur, r.Version, store.EncodeVersion(r, 0), store.EncodeTerms(terms),
-		r.Updated.UnixMilli(), r.ID, deleted, sj, r.Leaf, store.LeafIndexOffset,
-	).Text()
+	return []any{s.tp(w.Type), cur.ver, w.Version, store.EncodeVersion(w.Record, 0), store.EncodeTerms(terms),
+		w.Updated.UnixMilli(), w.ID, deleted, sj, w.Leaf}, nil
+}
+
+func (s *Store) cellKey(id string) string { return s.prefix + ":{cells}:" + id }
+
+// GetCell implements store.Store.
+func (s *Store) GetCell(ctx context.Context, id string) (store.Cell, error) {
+	c := store.Cell{ID: id}
+	vals, err := s.rdb.HMGet(ctx, s.cellKey(id), "v", "d").Result()
 	if err != nil {
-		return fmt.Errorf("redisstore: put: %w", err)
+		return c, fmt.Errorf("redisstore: get cell: %w", err)
 	}
-	switch res {
-	case "ok":
-		return nil
-	case "conflict":
-		return store.ErrConflict
-	case "exists":
-		return store.ErrExists
-	case "erased":
-		return store.ErrErased
+	v, ok := vals[0].(string)
+	if !ok {
+		return c, nil
 	}
-	return fmt.Errorf("redisstore: put: unexpected reply %q", res)
+	if c.Version, err = strconv.ParseInt(v, 10, 64); err != nil {
+		return c, fmt.Errorf("redisstore: get cell: corrupt version")
+	}
+	d, _ := vals[1].(string)
+	c.Value = []byte(d)
+	return c, nil
 }
 
 // Get implements store.Store.
@@ -389,17 +485,17 @@ func (s *Store) Search(ctx context.Context, q store.Query) ([]string, error) {
 func (s *Store) Erase(ctx context.Context, k store.Key) error {
 	rk := s.resKey(k.Type, k.ID)
 	for {
-		cur, terms, _, err := s.readCur(ctx, rk)
+		cur, err := s.readCur(ctx, rk)
 		if err != nil {
 			return fmt.Errorf("redisstore: erase: %w", err)
 		}
-		tj, err := json.Marshal(termSpec(terms))
+		tj, err := json.Marshal(termSpec(cur.terms))
 		if err != nil {
 			return err
 		}
 		res, err := eraseScript.Run(ctx, s.rdb,
 			[]string{rk, s.tp(k.Type) + "h", s.tp(k.Type) + "ids"},
-			s.tp(k.Type), k.ID, cur, tj,
+			s.tp(k.Type), k.ID, cur.ver, tj,
 		).Text()
 		if err != nil {
 			return fmt.Errorf("redisstore: erase: %w", err)

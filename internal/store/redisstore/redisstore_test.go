@@ -148,3 +148,55 @@ func TestLease(t *testing.T) {
 		t.Fatal("a renewed a lease b holds")
 	}
 }
+
+// TestBus publishes through one Store and receives through another on the
+// same Redis and prefix; a Store with another prefix does not receive it.
+func TestBus(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := t.Context()
+	open := func(prefix string) *redisstore.Store {
+		s, err := redisstore.New(ctx, redisstore.Config{URL: srv.URL(), Prefix: prefix})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	sub, pub, other := open("bus"), open("bus"), open("other")
+	got, stray := make(chan string, 4), make(chan string, 4)
+	if err := sub.Subscribe(ctx, "t", func(msg []byte) { got <- string(msg) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Subscribe(ctx, "t", func(msg []byte) { stray <- string(msg) }); err != nil {
+		t.Fatal(err)
+	}
+	recv := func() string {
+		t.Helper()
+		select {
+		case g := <-got:
+			return g
+		case <-time.After(5 * time.Second):
+			t.Fatal("no message received")
+			return ""
+		}
+	}
+	for _, m := range []string{"hello", "\x00binary\xff", "marker"} {
+		if m == "marker" {
+			// Another topic: not received, or it would arrive before the marker.
+			if err := pub.Publish(ctx, "u", []byte("other topic")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := pub.Publish(ctx, "t", []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+		if g := recv(); g != m {
+			t.Errorf("received %q, want %q", g, m)
+		}
+	}
+	select {
+	case g := <-stray:
+		t.Errorf("a store with another prefix received %q", g)
+	default:
+	}
+}

@@ -4,6 +4,9 @@
 // index term and query match is replaced by its blind token. A version's
 // leaf salt is sealed with its body (plaintext salt ‖ body); a delete's,
 // which commits to no content, is stored as given.
+//
+// A cell's id is replaced by its blind token and its value is sealed under
+// the tenant key, bound to "cell/{token}"; its version passes through.
 package sealed
 
 import (
@@ -39,32 +42,90 @@ func name(t, id string, v int64) string {
 	return t + "/" + id + "/_history/" + strconv.FormatInt(v, 10)
 }
 
-// Put implements store.Store. A write into an erased patient's
-// compartment fails with store.ErrErased.
+// Put implements store.Store: a Commit of one write. A write into an
+// erased patient's compartment fails with store.ErrErased.
 func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) error {
-	if !r.Deleted {
-		pt := r.Body
-		if r.Leaf != nil {
-			if len(r.Salt) != anchor.SaltSize {
-				return errors.New("sealed: a leaf's salt must be 32 bytes")
-			}
-			pt = append(append(make([]byte, 0, len(r.Salt)+len(r.Body)), r.Salt...), r.Body...)
-			r.Salt = nil
+	return store.PutByCommit(ctx, s.Commit, r, opts)
+}
+
+// Commit implements store.Store: it seals every write as Put does and
+// every cell as GetCell opens it. A write into an erased patient's
+// compartment fails with a *store.WriteError of store.ErrErased.
+func (s *Store) Commit(ctx context.Context, c store.Commit) error {
+	if err := store.CheckCommit(c); err != nil {
+		return err
+	}
+	out := store.Commit{Writes: make([]store.Write, len(c.Writes)), Cells: make([]store.SetCell, len(c.Cells))}
+	for i, w := range c.Writes {
+		var err error
+		if out.Writes[i], err = s.sealWrite(ctx, w); errors.Is(err, store.ErrErased) {
+			return &store.WriteError{Index: i, Err: err}
+		} else if err != nil {
+			return err
 		}
-		b, err := s.keys.Seal(ctx, r.Owner, name(r.Type, r.ID, r.Version), pt)
-		if errors.Is(err, keys.ErrErased) {
-			return store.ErrErased
-		}
+	}
+	for i, sc := range c.Cells {
+		id := s.cellID(sc.ID)
+		b, err := s.keys.Seal(ctx, "", cellName(id), sc.Value)
 		if err != nil {
 			return err
 		}
-		r.Body = b
+		out.Cells[i] = store.SetCell{ID: id, Version: sc.Version, Value: b}
 	}
-	r.Terms = s.blindTerms(r.Terms)
-	if g := opts.IfNoneMatch; g != nil {
-		opts.IfNoneMatch = s.blindQuery(*g)
+	return s.Store.Commit(ctx, out)
+}
+
+// sealWrite seals w's body (with its leaf salt) and blinds its terms and
+// its IfNoneMatch query.
+func (s *Store) sealWrite(ctx context.Context, w store.Write) (store.Write, error) {
+	if !w.Deleted {
+		pt := w.Body
+		if w.Leaf != nil {
+			if len(w.Salt) != anchor.SaltSize {
+				return w, errors.New("sealed: a leaf's salt must be 32 bytes")
+			}
+			pt = append(append(make([]byte, 0, len(w.Salt)+len(w.Body)), w.Salt...), w.Body...)
+			w.Salt = nil
+		}
+		b, err := s.keys.Seal(ctx, w.Owner, name(w.Type, w.ID, w.Version), pt)
+		if errors.Is(err, keys.ErrErased) {
+			return w, store.ErrErased
+		}
+		if err != nil {
+			return w, err
+		}
+		w.Body = b
 	}
-	return s.Store.Put(ctx, r, opts)
+	w.Terms = s.blindTerms(w.Terms)
+	if g := w.IfNoneMatch; g != nil {
+		w.IfNoneMatch = s.blindQuery(*g)
+	}
+	return w, nil
+}
+
+// cellParam is the blinding param of cell ids: no search parameter is
+// named so, so a cell id's token never equals an index term's.
+const cellParam = "#cell"
+
+// cellID is the backend id of cell id: its blind token.
+func (s *Store) cellID(id string) string { return s.keys.Blind(cellParam, id) }
+
+// cellName binds a sealed cell value to its backend id, so values cannot
+// be swapped between cells.
+func cellName(blindID string) string { return "cell/" + blindID }
+
+// GetCell implements store.Store. A cell's value is sealed under the
+// tenant key.
+func (s *Store) GetCell(ctx context.Context, id string) (store.Cell, error) {
+	c, err := s.Store.GetCell(ctx, s.cellID(id))
+	if err != nil || c.Version == 0 {
+		return store.Cell{ID: id, Version: c.Version}, err
+	}
+	b, err := s.keys.Open(ctx, cellName(c.ID), c.Value)
+	if err != nil {
+		return store.Cell{ID: id}, err
+	}
+	return store.Cell{ID: id, Version: c.Version, Value: b}, nil
 }
 
 func (s *Store) blindTerms(ts []store.Term) []store.Term {

@@ -61,7 +61,7 @@ func Run(t *testing.T, open Opener) {
 		{"ConcurrentKeyCAS", testConcurrentKeyCAS},
 		{"Log", testLog},
 	}
-	for _, test := range tests {
+	for _, test := range append(tests, commitTests...) {
 		t.Run(test.name, func(t *testing.T) { test.fn(t, open(t)) })
 	}
 }
