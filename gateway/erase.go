@@ -42,14 +42,17 @@ func (s *Server) erase(w http.ResponseWriter, r *http.Request) error {
 	if _, err := s.store.Get(ctx, k); err != nil && !errors.Is(err, store.ErrErased) {
 		return err
 	}
-	if err := s.cfg.Keys.Erase(ctx, owner); err != nil {
-		return err
-	}
 	owned, ok := s.store.(interface {
 		Owned(ctx context.Context, t, owner string) ([]string, error)
 	})
 	if !ok {
 		return httpErr(http.StatusNotImplemented, fhir.CodeNotSupported, "$erase needs the sealed store")
+	}
+	if err := s.releaseBookings(r, owned.Owned, owner); err != nil {
+		return err
+	}
+	if err := s.cfg.Keys.Erase(ctx, owner); err != nil {
+		return err
 	}
 	erased := map[store.Key]bool{}
 	for _, t := range fhir.ResourceTypes() {
@@ -94,6 +97,44 @@ func (s *Server) erase(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", contentTypeFHIR)
 	w.Write(b)
 	return nil
+}
+
+// releaseBookings deletes the patient's Appointments that hold time, so
+// that their practitioners' time and Slots are free again, before the
+// patient's key goes and their bodies cannot be read any more.
+func (s *Server) releaseBookings(r *http.Request, owned func(ctx context.Context, t, owner string) ([]string, error), owner string) error {
+	ids, err := owned(r.Context(), "Appointment", owner)
+	if err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if err := s.releaseBooking(r, store.Key{Type: "Appointment", ID: id}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Server) releaseBooking(r *http.Request, k store.Key) error {
+	for {
+		cur, err := s.store.Get(r.Context(), k)
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrErased) || err == nil && cur.Deleted {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		doc, err := fhir.DecodeStored(cur.Body)
+		if err != nil {
+			return err
+		}
+		if !bookingOf(doc, s.base(r)).holds {
+			return nil
+		}
+		if _, err := s.deleteVersion(r, cur); !errors.Is(err, store.ErrConflict) {
+			return err
+		}
+	}
 }
 
 // recordErasure stores the AuditEvent of an erasure, in place of the

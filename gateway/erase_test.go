@@ -108,7 +108,7 @@ const (
 	encA = `{"resourceType": "Encounter", "id": "enc-a", "status": "finished", "class": {"code": "AMB"}, "subject": {"reference": "Patient/A"}}`
 	conA = `{"resourceType": "Condition", "id": "con-a", "code": {"text": "asthma"}, "subject": {"reference": "Patient/A"}}`
 	// appointment: participants in the order given (the first owns it).
-	appt     = `{"resourceType": "Appointment", "id": %q, "status": "booked", "participant": [{"actor": {"reference": "Patient/%s"}, "status": "accepted"}, {"actor": {"reference": "Patient/%s"}, "status": "accepted"}]}`
+	appt     = `{"resourceType": "Appointment", "id": %q, "status": "booked", "start": "2030-01-01T10:00:00Z", "end": "2030-01-01T10:30:00Z", "participant": [{"actor": {"reference": "Patient/%s"}, "status": "accepted"}, {"actor": {"reference": "Patient/%s"}, "status": "accepted"}]}`
 	practDoc = `{"resourceType": "Practitioner", "id": "doc", "name": [{"family": "Welby"}]}`
 )
 

@@ -117,7 +117,21 @@ func walkReferences(v any, path string, fn func(path, ref string)) {
 
 // write stores res as version v of k and returns the record.
 func (s *Server) write(r *http.Request, res *fhir.Resource, k store.Key, v int64, opts store.PutOptions) (store.Record, error) {
-	now := s.now().UTC().Truncate(time.Millisecond)
+	if p := s.prepare[k.Type]; p != nil {
+		if err := p(r, res); err != nil {
+			return store.Record{}, err
+		}
+	}
+	rec, err := s.encodeVersion(r, res, k, v, s.now().UTC().Truncate(time.Millisecond))
+	if err != nil {
+		return rec, err
+	}
+	return rec, s.commit(r, &change{rec: rec, doc: res.Doc, opts: opts})
+}
+
+// encodeVersion makes res version v of k, updated at now, with its index
+// terms, owner and log leaf.
+func (s *Server) encodeVersion(r *http.Request, res *fhir.Resource, k store.Key, v int64, now time.Time) (store.Record, error) {
 	body, err := res.Encode(fhir.Meta{ID: k.ID, VersionID: strconv.FormatInt(v, 10), LastUpdated: now})
 	if err != nil {
 		return store.Record{}, err
@@ -125,10 +139,7 @@ func (s *Server) write(r *http.Request, res *fhir.Resource, k store.Key, v int64
 	base := s.base(r)
 	rec := store.Record{Type: k.Type, ID: k.ID, Version: v, Updated: now, Body: body, Terms: s.terms(res, base),
 		Owner: s.params.Owner(k.Type, k.ID, res.Doc, base)}
-	if err := withLeaf(&rec); err != nil {
-		return rec, err
-	}
-	return rec, s.store.Put(r.Context(), rec, opts)
+	return rec, withLeaf(&rec)
 }
 
 // withLeaf gives rec its transparency-log leaf: the store appends it in
@@ -607,11 +618,7 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request, k store.Key) 
 				return httpErr(http.StatusPreconditionFailed, fhir.CodeConflict, "If-Match does not match the current version")
 			}
 		}
-		rec := store.Record{Type: k.Type, ID: k.ID, Version: cur.Version + 1, Updated: s.now().UTC().Truncate(time.Millisecond), Deleted: true}
-		if err := withLeaf(&rec); err != nil {
-			return err
-		}
-		err = s.store.Put(r.Context(), rec, store.PutOptions{})
+		rec, err := s.deleteVersion(r, cur)
 		if errors.Is(err, store.ErrConflict) {
 			continue
 		}
@@ -624,6 +631,15 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request, k store.Key) 
 		return nil
 	}
 	return store.ErrConflict
+}
+
+// deleteVersion stores a delete of cur's resource as its next version.
+func (s *Server) deleteVersion(r *http.Request, cur store.Record) (store.Record, error) {
+	rec := store.Record{Type: cur.Type, ID: cur.ID, Version: cur.Version + 1, Updated: s.now().UTC().Truncate(time.Millisecond), Deleted: true}
+	if err := withLeaf(&rec); err != nil {
+		return rec, err
+	}
+	return rec, s.commit(r, &change{rec: rec})
 }
 
 func (s *Server) conditionalDelete(w http.ResponseWriter, r *http.Request) error {

@@ -77,6 +77,11 @@ type Server struct {
 	metrics  *metrics
 	consents *consentSync
 	tokens   tokenCache
+	// prepare checks, and may change, a resource of its type a client
+	// writes, before it is encoded; hooks add to the commit of a version
+	// of their type (commit.go).
+	prepare map[string]func(r *http.Request, res *fhir.Resource) error
+	hooks   map[string]commitHook
 }
 
 // New returns a Server.
@@ -101,6 +106,7 @@ func New(cfg Config) *Server {
 	s.capa = capabilityResources(s.params)
 	s.metrics = newMetrics()
 	s.consents = &consentSync{s: s}
+	s.hooks = map[string]commitHook{"Appointment": s.bookAppointment}
 	s.routes()
 	return s
 }
