@@ -360,7 +360,7 @@ func (s *Server) updateCalendars(r *http.Request, c *change, prev, next booking)
 		c.cells = append(c.cells, store.SetCell{ID: calendarCell(k.p, k.day), Version: cell.Version, Value: val})
 	}
 	if len(conflicts) > 0 {
-		return s.bookingConflict(r, conflicts)
+		return s.bookingConflict(r, "Appointment.start", "the practitioner is already booked at that time", conflicts)
 	}
 	return nil
 }
@@ -375,9 +375,10 @@ func (s *Server) appointmentExists(r *http.Request, id string) (bool, error) {
 	return err == nil, err
 }
 
-// bookingConflict is the 409 for a double booking. It names the
-// appointments in the way only when the caller may read them.
-func (s *Server) bookingConflict(r *http.Request, ids []string) error {
+// bookingConflict is the 409 for a change that time-holding Appointments
+// ids stand in the way of: msg, followed by the appointments, named only
+// when the caller may read them.
+func (s *Server) bookingConflict(r *http.Request, expr, msg string, ids []string) error {
 	var named []string
 	for _, id := range ids {
 		rec, err := s.store.Get(r.Context(), store.Key{Type: "Appointment", ID: id})
@@ -392,7 +393,6 @@ func (s *Server) bookingConflict(r *http.Request, ids []string) error {
 			named = append(named, "Appointment/"+id)
 		}
 	}
-	msg := "the practitioner is already booked at that time"
 	switch {
 	case len(named) > 0:
 		msg += " by " + strings.Join(named, ", ")
@@ -402,7 +402,35 @@ func (s *Server) bookingConflict(r *http.Request, ids []string) error {
 		msg += " by " + strconv.Itoa(len(ids)) + " other appointments"
 	}
 	return &fhir.Error{Status: http.StatusConflict, Issues: []fhir.Issue{{
-		Severity: fhir.SeverityError, Code: fhir.CodeConflict, Expression: "Appointment.start", Details: msg}}}
+		Severity: fhir.SeverityError, Code: fhir.CodeConflict, Expression: expr, Details: msg}}}
+}
+
+// guardSlot is the Slot commit hook: a client may not free, or delete, a
+// Slot that a time-holding Appointment books (cancel the Appointment).
+// A booking changes the Slot's version in its commit, so a concurrent
+// booking and Slot change cannot both succeed.
+func (s *Server) guardSlot(r *http.Request, c *change) error {
+	if st, _ := c.doc["status"].(string); st == "busy" {
+		return nil
+	}
+	q, err := fhir.ParseQuery("Appointment", url.Values{"slot": {"Slot/" + c.rec.ID}}, s.params, s.base(r), false)
+	if err != nil {
+		return err
+	}
+	hits, err := s.matches(r, q)
+	if err != nil {
+		return err
+	}
+	var held []string
+	for _, h := range hits {
+		if bookingOf(h.doc, s.base(r)).holds {
+			held = append(held, h.rec.ID)
+		}
+	}
+	if len(held) > 0 {
+		return s.bookingConflict(r, "Slot.status", "the slot is booked; cancel the appointment instead", held)
+	}
+	return nil
 }
 
 // updateSlots turns the Slots next books busy, and those prev booked and

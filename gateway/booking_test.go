@@ -362,3 +362,20 @@ func TestEraseFreesBookings(t *testing.T) {
 	}
 	s.create(t, "Appointment", apptOf("booked", at(9, 0), at(9, 30), "Patient/other", d1, sl))
 }
+
+// TestBookedSlotGuarded: a Slot an Appointment books cannot be freed or
+// deleted directly; once the Appointment is cancelled it can.
+func TestBookedSlotGuarded(t *testing.T) {
+	s := newServer(t, gateway.Config{Store: boltStore(t)})
+	sch := "Schedule/" + s.create(t, "Schedule", schedule("Practitioner/d1"))
+	body := slot(sch, at(9, 0), at(9, 30), "free")
+	sl := s.create(t, "Slot", body)
+	a := s.create(t, "Appointment", apptOf("booked", at(9, 0), at(9, 30), "Patient/p1", []string{"Practitioner/d1"}, sl))
+	withSlotID := strings.Replace(body, `{"resourceType":"Slot"`, `{"resourceType":"Slot","id":"`+sl+`"`, 1)
+	if msg := s.do(t, http.MethodPut, "/Slot/"+sl, withSlotID).wantConflict(t); !strings.Contains(msg, a) {
+		t.Errorf("the conflict does not name Appointment/%s: %q", a, msg)
+	}
+	s.do(t, http.MethodDelete, "/Slot/"+sl, "").wantConflict(t)
+	s.do(t, http.MethodPut, "/Appointment/"+a, withID(apptOf("cancelled", at(9, 0), at(9, 30), "Patient/p1", []string{"Practitioner/d1"}, sl), a)).want(t, http.StatusOK)
+	s.do(t, http.MethodDelete, "/Slot/"+sl, "").want(t, http.StatusNoContent)
+}

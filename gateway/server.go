@@ -106,7 +106,7 @@ func New(cfg Config) *Server {
 	s.capa = capabilityResources(s.params)
 	s.metrics = newMetrics()
 	s.consents = &consentSync{s: s}
-	s.hooks = map[string]commitHook{"Appointment": s.bookAppointment}
+	s.hooks = map[string]commitHook{"Appointment": s.bookAppointment, "Slot": s.guardSlot}
 	s.routes()
 	return s
 }
