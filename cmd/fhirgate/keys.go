@@ -50,7 +50,7 @@ func openStore(ctx context.Context, c storeFlags, log *slog.Logger) (*sealed.Sto
 	if c.redis() {
 		rc := redisstore.Config{URL: c.RedisURL, Logger: log}
 		if c.RedisAddrs != "" {
-			// The put script appends each version's leaf to the one log,
+			// The commit script appends each version's leaf to the one log,
 			// in a slot of its own: a Cluster would refuse it.
 			return nil, errors.New("--redis-cluster: the transparency log needs one Redis primary (--redis-url)")
 		}
