@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Measures fhirgate with cmd/fhirbench on this machine: create, read, search
-# and mixed workloads against the embedded and the Redis backends.
+# Measures fhirgate with cmd/fhirbench on this machine: create, read, search,
+# mixed and book workloads against the embedded and the Redis backends.
 # Usage: conformance/bench.sh [duration] [concurrency]
+# FHIRGATE_BENCH_WORKLOADS picks workloads (e.g. "book"); FHIRGATE_BENCH_ARGS
+# adds fhirbench flags (e.g. "--booking-days 1").
 set -euo pipefail
 DUR=${1:-10s}
 C=${2:-32}
@@ -19,9 +21,9 @@ wait_ready() { for _ in $(seq 1 100); do "$BIN" healthcheck --url "http://$1/rea
 run_all() {
   local base=$1 token
   token=$("$BIN" token --data-dir "$3" --scope 'system/*.*')
-  for w in create read search mixed; do
+  for w in ${FHIRGATE_BENCH_WORKLOADS:-create read search mixed book}; do
     echo "-- $2: $w"
-    "$BENCH" --base-url "$base" --token "$token" --workload "$w" -c "$C" --duration "$DUR" --seed 500
+    "$BENCH" --base-url "$base" --token "$token" --workload "$w" -c "$C" --duration "$DUR" --seed 500 ${FHIRGATE_BENCH_ARGS:-}
   done
 }
 

@@ -1,13 +1,19 @@
 // Command fhirbench is a small load generator for FHIR R4 servers.
 //
-// It drives one of four workloads against the Patient endpoint of the base URL
-// it is given and reports throughput, latency percentiles and errors:
+// It drives one of five workloads against the base URL it is given and reports
+// throughput, latency percentiles and errors:
 //
 //	create  POST Patient with a unique identifier per request
 //	read    GET Patient/<id> of Patients seeded before the run
 //	search  GET Patient?identifier=<system>|<value> of seeded Patients
 //	        (and occasionally Patient?family=<prefix>)
 //	mixed   20% create, 70% read, 10% search
+//	book    POST a booked 30-minute Appointment of a random practitioner
+//	        (of --practitioners) at a random 15-minute start between 08:00
+//	        and 17:30 UTC on one of --booking-days days from 2031-01-06
+//
+// A book request answered 409 (the practitioner is already booked then) is
+// an expected outcome: it is counted as refused, not as an error.
 //
 // The run is bounded by --duration and, if set, by --requests (whichever comes
 // first); a warmup period (--warmup) precedes the measured period and is
@@ -57,6 +63,17 @@ const fallbackIdentifierSystem = "http://fhirbench.example.org/fhir/identifier"
 // seedPhaseTimeout bounds the seeding phase as a whole.
 const seedPhaseTimeout = 2 * time.Minute
 
+// Booking calendar of the book workload: days from bookingEpoch (a Monday,
+// 08:00 UTC), bookingStarts start times a bookingStep apart, each
+// Appointment bookingLength long, so that every one ends by 18:00.
+var bookingEpoch = time.Date(2031, time.January, 6, 8, 0, 0, 0, time.UTC)
+
+const (
+	bookingStep   = 15 * time.Minute
+	bookingLength = 30 * time.Minute
+	bookingStarts = int((10*time.Hour-bookingLength)/bookingStep) + 1 // 08:00 … 17:30
+)
+
 //go:embed default_patient.json
 var defaultPatientJSON []byte
 
@@ -75,6 +92,9 @@ type config struct {
 	Warmup      time.Duration
 	Timeout     time.Duration
 	JSON        bool
+	// Practitioners and BookingDays shape the book workload.
+	Practitioners int
+	BookingDays   int
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -82,7 +102,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("fhirbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.BaseURL, "base-url", "http://127.0.0.1:8080/fhir", "FHIR R4 base URL to load")
-	fs.StringVar(&cfg.Workload, "workload", "mixed", "workload: create|read|search|mixed (mixed = 20% create, 70% read, 10% search)")
+	fs.StringVar(&cfg.Workload, "workload", "mixed", "workload: create|read|search|mixed|book (mixed = 20% create, 70% read, 10% search; book = Appointments, 409 counted as refused)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", 32, "number of concurrent workers")
 	fs.IntVar(&cfg.Concurrency, "c", 32, "shorthand for --concurrency")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "measured run duration (after warmup)")
@@ -93,6 +113,8 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.Warmup, "warmup", 2*time.Second, "warmup duration, excluded from stats")
 	fs.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "per-request timeout")
 	fs.BoolVar(&cfg.JSON, "json", false, "also print the result as one JSON object")
+	fs.IntVar(&cfg.Practitioners, "practitioners", 100, "book: number of practitioners the Appointments are spread over")
+	fs.IntVar(&cfg.BookingDays, "booking-days", 5, "book: number of days (from 2031-01-06, 08:00-18:00 UTC) the Appointments are spread over")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -103,8 +125,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 }
 
 func (c *config) validate() error {
-	if _, ok := mixFor(c.Workload); !ok {
-		return fmt.Errorf("unknown --workload %q (want create, read, search or mixed)", c.Workload)
+	m, ok := mixFor(c.Workload)
+	if !ok {
+		return fmt.Errorf("unknown --workload %q (want create, read, search, mixed or book)", c.Workload)
 	}
 	u, err := url.Parse(c.BaseURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -128,8 +151,11 @@ func (c *config) validate() error {
 	case c.Timeout <= 0:
 		return errors.New("--timeout must be > 0")
 	}
-	if c.Workload != "create" && c.Seed == 0 {
+	if m.needsSeed() && c.Seed == 0 {
 		return fmt.Errorf("--workload %s needs --seed > 0", c.Workload)
+	}
+	if m[opBook] > 0 && (c.Practitioners < 1 || c.BookingDays < 1) {
+		return errors.New("--practitioners and --booking-days must be >= 1")
 	}
 	return nil
 }
@@ -143,10 +169,11 @@ const (
 	opCreate opKind = iota
 	opRead
 	opSearch
+	opBook
 	numOps
 )
 
-var opNames = [numOps]string{"create", "read", "search"}
+var opNames = [numOps]string{"create", "read", "search", "book"}
 
 func (o opKind) String() string { return opNames[o] }
 
@@ -163,6 +190,8 @@ func mixFor(workload string) (mix, bool) {
 		return mix{opSearch: 100}, true
 	case "mixed":
 		return mix{opCreate: 20, opRead: 70, opSearch: 10}, true
+	case "book":
+		return mix{opBook: 100}, true
 	}
 	return mix{}, false
 }
@@ -349,6 +378,8 @@ type Result struct {
 	RPS           float64          `json:"req_per_s"`
 	LatencyMs     Latency          `json:"latency_ms"`
 	Ops           map[string]int64 `json:"ops"`
+	Booked        int64            `json:"booked"`  // 2xx answers to book requests
+	Refused       int64            `json:"refused"` // 409 answers to book requests: not errors
 	ErrorCount    int64            `json:"error_count"`
 	Errors        map[string]int64 `json:"errors"`
 	Seeded        int              `json:"seeded"`
@@ -367,10 +398,11 @@ type Latency struct {
 // workerStats is what one worker records; it is only touched by its worker
 // until the run ends.
 type workerStats struct {
-	lat    []time.Duration
-	ops    [numOps]int64
-	status map[int]int64 // non-2xx responses by status; 0 = transport error
-	total  int64
+	lat             []time.Duration
+	ops             [numOps]int64
+	status          map[int]int64 // error responses by status; 0 = transport error
+	booked, refused int64
+	total           int64
 }
 
 func newWorkerStats(prealloc int) *workerStats {
@@ -385,7 +417,13 @@ func (w *workerStats) record(op opKind, status int, lat time.Duration, err error
 		return
 	}
 	w.lat = append(w.lat, lat)
-	if status < 200 || status > 299 {
+	ok := status >= 200 && status <= 299
+	switch {
+	case op == opBook && ok:
+		w.booked++
+	case op == opBook && status == http.StatusConflict:
+		w.refused++ // the practitioner is booked then: expected under contention
+	case !ok:
 		w.status[status]++
 	}
 }
@@ -411,6 +449,8 @@ func summarize(workers []*workerStats, elapsed time.Duration) Result {
 	for _, w := range workers {
 		all = append(all, w.lat...)
 		res.TotalRequests += w.total
+		res.Booked += w.booked
+		res.Refused += w.refused
 		for op, c := range w.ops {
 			if c > 0 {
 				res.Ops[opKind(op).String()] += c
@@ -487,6 +527,9 @@ func writeText(w io.Writer, r Result) {
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "  throughput:   %.2f req/s\n", r.RPS)
+	if r.Ops[opBook.String()] > 0 {
+		fmt.Fprintf(w, "  bookings:     booked: %d (201), refused: %d (409 conflict)\n", r.Booked, r.Refused)
+	}
 	fmt.Fprintf(w, "  latency (ms): p50 %.2f  p95 %.2f  p99 %.2f  max %.2f\n",
 		r.LatencyMs.P50, r.LatencyMs.P95, r.LatencyMs.P99, r.LatencyMs.Max)
 	fmt.Fprintf(w, "  errors:       %d", r.ErrorCount)
@@ -543,6 +586,7 @@ type bench struct {
 	runID      string
 	createSeq  atomic.Uint64
 	createURL  string
+	bookURL    string
 	familyURL  string // "" if the body has no family name
 	seeds      []seeded
 	headerAuth []string
@@ -578,6 +622,25 @@ func (b *bench) nextValue() string {
 	return b.runID + "-" + strconv.FormatUint(b.createSeq.Add(1), 10)
 }
 
+// appointment returns a booked Appointment of practitioner p for
+// Patient/<runID>-pat, starting at start slot s (of bookingStarts) of day d.
+func (b *bench) appointment(p, d, s int) []byte {
+	start := bookingEpoch.AddDate(0, 0, d).Add(time.Duration(s) * bookingStep)
+	buf := make([]byte, 0, 320)
+	buf = append(buf, `{"resourceType":"Appointment","status":"booked","start":"`...)
+	buf = start.AppendFormat(buf, time.RFC3339)
+	buf = append(buf, `","end":"`...)
+	buf = start.Add(bookingLength).AppendFormat(buf, time.RFC3339)
+	buf = append(buf, `","participant":[{"actor":{"reference":"Patient/`...)
+	buf = append(buf, b.runID...)
+	buf = append(buf, `-pat"},"status":"accepted"},{"actor":{"reference":"Practitioner/`...)
+	buf = append(buf, b.runID...)
+	buf = append(buf, "-p"...)
+	buf = strconv.AppendInt(buf, int64(p), 10)
+	buf = append(buf, `"},"status":"accepted"}]}`...)
+	return buf
+}
+
 // do performs one operation, reading and discarding the response body. It
 // returns the HTTP status, or an error for transport failures.
 func (b *bench) do(ctx context.Context, op opKind, r *rand.Rand) (int, error) {
@@ -594,6 +657,9 @@ func (b *bench) do(ctx context.Context, op opKind, r *rand.Rand) (int, error) {
 			u = b.familyURL
 		}
 		req, err = b.newRequest(ctx, http.MethodGet, u, nil)
+	case opBook:
+		body := b.appointment(r.IntN(b.cfg.Practitioners), r.IntN(b.cfg.BookingDays), r.IntN(bookingStarts))
+		req, err = b.newRequest(ctx, http.MethodPost, b.bookURL, body)
 	}
 	if err != nil {
 		return 0, err
@@ -762,6 +828,7 @@ func run(ctx context.Context, cfg config, log io.Writer) (Result, error) {
 		tmpl:      tmpl,
 		runID:     fmt.Sprintf("fb-%08x", rand.Uint32()),
 		createURL: cfg.BaseURL + "/Patient",
+		bookURL:   cfg.BaseURL + "/Appointment",
 	}
 	defer b.client.CloseIdleConnections()
 	if cfg.Token != "" {

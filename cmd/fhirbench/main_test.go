@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,6 +81,54 @@ func TestSummarize(t *testing.T) {
 	}
 }
 
+func TestRecordBookingOutcomes(t *testing.T) {
+	w := newWorkerStats(8)
+	w.record(opBook, 201, time.Millisecond, nil)
+	w.record(opBook, 409, time.Millisecond, nil)
+	w.record(opBook, 409, time.Millisecond, nil)
+	w.record(opBook, 400, time.Millisecond, nil)
+	w.record(opBook, 0, 0, io.ErrUnexpectedEOF)
+	w.record(opCreate, 409, time.Millisecond, nil) // a conflict outside booking is an error
+	res := summarize([]*workerStats{w}, time.Second)
+	got := [3]int64{res.Booked, res.Refused, res.ErrorCount}
+	if want := [3]int64{1, 2, 3}; got != want {
+		t.Errorf("booked, refused, errors = %v, want %v", got, want)
+	}
+	if res.Errors["400"] != 1 || res.Errors["409"] != 1 || res.Errors["transport"] != 1 {
+		t.Errorf("errors = %v", res.Errors)
+	}
+}
+
+func TestAppointmentBody(t *testing.T) {
+	b := &bench{runID: "fb-test"}
+	tests := []struct {
+		name               string
+		p, d, s            int
+		wantStart, wantEnd string
+	}{
+		{"first", 0, 0, 0, "2031-01-06T08:00:00Z", "2031-01-06T08:30:00Z"},
+		{"last start", 99, 4, bookingStarts - 1, "2031-01-10T17:30:00Z", "2031-01-10T18:00:00Z"},
+		{"quarter", 7, 1, 5, "2031-01-07T09:15:00Z", "2031-01-07T09:45:00Z"},
+	}
+	for _, test := range tests {
+		t.Run(test.name, func(t *testing.T) {
+			var a appointment
+			if err := json.Unmarshal(b.appointment(test.p, test.d, test.s), &a); err != nil {
+				t.Fatal(err)
+			}
+			if a.ResourceType != "Appointment" || a.Status != "booked" || a.Start != test.wantStart || a.End != test.wantEnd {
+				t.Errorf("appointment = %+v, want booked %s–%s", a, test.wantStart, test.wantEnd)
+			}
+			if got, want := a.refs(), []string{"Patient/fb-test-pat", "Practitioner/fb-test-p" + strconv.Itoa(test.p)}; !slices.Equal(got, want) {
+				t.Errorf("participants = %v, want %v", got, want)
+			}
+		})
+	}
+	if bookingStarts != 39 {
+		t.Errorf("bookingStarts = %d, want 39 (08:00 … 17:30)", bookingStarts)
+	}
+}
+
 func TestMixedProportions(t *testing.T) {
 	m, ok := mixFor("mixed")
 	if !ok {
@@ -107,7 +157,7 @@ func TestMixedProportions(t *testing.T) {
 		t.Errorf("same seed gave different draws: %v vs %v", counts, counts2)
 	}
 	// Single-op workloads only ever pick their op.
-	for name, op := range map[string]opKind{"create": opCreate, "read": opRead, "search": opSearch} {
+	for name, op := range map[string]opKind{"create": opCreate, "read": opRead, "search": opSearch, "book": opBook} {
 		m, _ := mixFor(name)
 		for range 1000 {
 			if got := pickOp(r, m); got != op {
@@ -252,8 +302,20 @@ func TestParseFlags(t *testing.T) {
 		cfg.Requests != 10 || !cfg.JSON || cfg.Seed != 200 || cfg.Duration != 10*time.Second || cfg.Warmup != 2*time.Second {
 		t.Errorf("cfg = %+v", cfg)
 	}
+	if cfg.Practitioners != 100 || cfg.BookingDays != 5 {
+		t.Errorf("booking defaults = %d practitioners, %d days", cfg.Practitioners, cfg.BookingDays)
+	}
+	cfg, err = parseFlags([]string{"--workload", "book", "--seed", "0", "--practitioners", "3", "--booking-days", "1"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Workload != "book" || cfg.Practitioners != 3 || cfg.BookingDays != 1 {
+		t.Errorf("cfg = %+v", cfg)
+	}
 	for _, args := range [][]string{
 		{"--workload", "delete"},
+		{"--workload", "book", "--practitioners", "0"},
+		{"--workload", "book", "--booking-days", "0"},
 		{"--base-url", "ftp://x"},
 		{"--base-url", "/fhir"},
 		{"-c", "0"},
@@ -266,7 +328,29 @@ func TestParseFlags(t *testing.T) {
 	}
 }
 
-// fakeFHIR is a minimal FHIR Patient endpoint under /fhir.
+type appointment struct {
+	ResourceType string `json:"resourceType"`
+	Status       string `json:"status"`
+	Start        string `json:"start"`
+	End          string `json:"end"`
+	Participant  []struct {
+		Actor struct {
+			Reference string `json:"reference"`
+		} `json:"actor"`
+		Status string `json:"status"`
+	} `json:"participant"`
+}
+
+// refs lists the participants' references.
+func (a appointment) refs() []string {
+	var refs []string
+	for _, p := range a.Participant {
+		refs = append(refs, p.Actor.Reference)
+	}
+	return refs
+}
+
+// fakeFHIR is a minimal FHIR Patient and Appointment endpoint under /fhir.
 type fakeFHIR struct {
 	creates, reads, searches, familySearches, other atomic.Int64
 	failAll                                         atomic.Bool
@@ -275,6 +359,41 @@ type fakeFHIR struct {
 	dupIdentifiers                                  int
 	badAuth                                         int
 	token                                           string
+	bookings                                        map[string][]time.Time // practitioner → starts booked
+	booked, refused, badBookings                    int
+}
+
+// book answers an Appointment POST as the gateway does: 201, or 409 when its
+// practitioner has an overlapping one; 400 for a body the book workload
+// must not send.
+func (f *fakeFHIR) book(w http.ResponseWriter, body []byte) {
+	var a appointment
+	err := json.Unmarshal(body, &a)
+	start, errS := time.Parse(time.RFC3339, a.Start)
+	end, errE := time.Parse(time.RFC3339, a.End)
+	refs := a.refs()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err != nil || errS != nil || errE != nil || a.ResourceType != "Appointment" || a.Status != "booked" ||
+		end.Sub(start) != 30*time.Minute || start.Minute()%15 != 0 || start.Hour() < 8 || end.After(start.Truncate(24*time.Hour).Add(18*time.Hour)) ||
+		len(refs) != 2 || !strings.HasPrefix(refs[0], "Patient/fb-") || !strings.HasPrefix(refs[1], "Practitioner/fb-") {
+		f.badBookings++
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	pr := refs[1]
+	for _, s := range f.bookings[pr] {
+		if start.Before(s.Add(30*time.Minute)) && s.Before(end) {
+			f.refused++
+			w.WriteHeader(http.StatusConflict)
+			io.WriteString(w, `{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"conflict"}]}`)
+			return
+		}
+	}
+	f.bookings[pr] = append(f.bookings[pr], start)
+	f.booked++
+	w.WriteHeader(http.StatusCreated)
+	w.Write(body)
 }
 
 func (f *fakeFHIR) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -291,6 +410,8 @@ func (f *fakeFHIR) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch {
+	case r.Method == http.MethodPost && r.URL.Path == "/fhir/Appointment":
+		f.book(w, body)
 	case r.Method == http.MethodPost && r.URL.Path == "/fhir/Patient":
 		n := f.creates.Add(1)
 		var p patient
@@ -327,7 +448,7 @@ func (f *fakeFHIR) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func newFake(t *testing.T) (*fakeFHIR, *httptest.Server) {
-	f := &fakeFHIR{identifiers: map[string]bool{}}
+	f := &fakeFHIR{identifiers: map[string]bool{}, bookings: map[string][]time.Time{}}
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
 	return f, srv
@@ -406,6 +527,50 @@ func TestE2EReadSearchMixed(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+func TestE2EBook(t *testing.T) {
+	f, srv := newFake(t)
+	cfg := testConfig(srv, "book")
+	cfg.Seed = 0
+	cfg.Requests = 400
+	cfg.Practitioners = 3
+	cfg.BookingDays = 1 // 3 practitioners × at most 20 half-hours: most requests conflict
+	res, err := run(t.Context(), cfg, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.TotalRequests != 400 || res.Ops["book"] != 400 || res.ErrorCount != 0 || res.Seeded != 0 {
+		t.Fatalf("result = %+v", res)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.badBookings != 0 || f.creates.Load() != 0 || f.other.Load() != 0 {
+		t.Errorf("server saw %d bad bookings, %d creates, %d other", f.badBookings, f.creates.Load(), f.other.Load())
+	}
+	if got, want := [2]int64{res.Booked, res.Refused}, [2]int64{int64(f.booked), int64(f.refused)}; got != want {
+		t.Errorf("booked, refused = %v, server answered %v", got, want)
+	}
+	if res.Booked == 0 || res.Booked > 60 || res.Refused < 340 {
+		t.Errorf("booked %d, refused %d: want 1–60 booked, the rest refused", res.Booked, res.Refused)
+	}
+	if len(f.bookings) != 3 {
+		t.Errorf("practitioners booked = %d, want 3", len(f.bookings))
+	}
+
+	var out bytes.Buffer
+	writeText(&out, res)
+	want := fmt.Sprintf("bookings:     booked: %d (201), refused: %d (409 conflict)", res.Booked, res.Refused)
+	if !strings.Contains(out.String(), want) || !strings.Contains(out.String(), "errors:       0\n") {
+		t.Errorf("text output lacks %q or 0 errors:\n%s", want, out.String())
+	}
+	var js bytes.Buffer
+	if err := json.NewEncoder(&js).Encode(res); err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf(`"booked":%d,"refused":%d,"error_count":0`, res.Booked, res.Refused); !strings.Contains(js.String(), want) {
+		t.Errorf("JSON lacks %s: %s", want, js.String())
 	}
 }
 
