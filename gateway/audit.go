@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -65,7 +66,11 @@ func (s *Server) respondAudited(w http.ResponseWriter, r *http.Request, a *acces
 		hw.flush()
 		return
 	}
-	if err := s.audit(r, a, hw.code()); err != nil {
+	// The AuditEvents are stored even when the client has hung up: what the
+	// request read or changed happened all the same.
+	actx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), auditTimeout)
+	defer cancel()
+	if err := s.audit(r.WithContext(actx), a, hw.code()); err != nil {
 		s.metrics.auditFailures.Inc()
 		s.log.ErrorContext(r.Context(), "audit failed; response withheld", slog.String("route", routeName(r)), slog.Any("error", err))
 		clear(w.Header())
@@ -74,6 +79,9 @@ func (s *Server) respondAudited(w http.ResponseWriter, r *http.Request, a *acces
 	}
 	hw.flush()
 }
+
+// auditTimeout bounds storing a request's AuditEvents.
+const auditTimeout = 30 * time.Second
 
 // auditWorkers bounds the AuditEvent writes of one request in flight.
 const auditWorkers = 8

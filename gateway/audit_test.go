@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fhirgate/fhirgate/fhir"
 	"github.com/fhirgate/fhirgate/internal/store"
@@ -304,5 +305,47 @@ func TestDecisionMetrics(t *testing.T) {
 		if strings.Contains(m, phi) {
 			t.Errorf("/metrics contains %q", phi)
 		}
+	}
+}
+
+// hangUp is a store whose Patient writes succeed only after the client
+// that sent them has hung up.
+type hangUp struct {
+	store.Store
+	client context.CancelFunc
+}
+
+func (h hangUp) Put(ctx context.Context, r store.Record, o store.PutOptions) error {
+	if err := h.Store.Put(ctx, r, o); err != nil || r.Type != "Patient" {
+		return err
+	}
+	h.client()
+	select {
+	case <-ctx.Done():
+	case <-time.After(5 * time.Second):
+	}
+	return nil
+}
+
+// TestAuditAfterHangUp: a write whose client hung up is audited all the
+// same.
+func TestAuditAfterHangUp(t *testing.T) {
+	st := boltStore(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	a := newAuthServer(t, hangUp{st, cancel})
+	sys := a.tok(t, "", "system/*.*", "")
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPut, a.base+"/Patient/H", strings.NewReader(matrixPatient("H")))
+	req.Header.Set("Content-Type", "application/fhir+json")
+	req.Header.Set("Authorization", "Bearer "+sys)
+	if res, err := a.hc.Do(req); err == nil {
+		res.Body.Close()
+		t.Fatal("the client did not hang up")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(a.auditEvents(t, sys, "entity=Patient/H")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no AuditEvent for the write whose client hung up")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
