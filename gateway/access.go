@@ -80,6 +80,9 @@ var routeInteractions = map[string][2]string{
 	"erase":              {"operation", "D"},
 	"admin-keys":         {"operation", "E"},
 	"receipt":            {"operation", "E"},
+	// A websocket connection is authenticated here; its binds are checked
+	// against the Subscriptions' owners (websocket.go).
+	"websocket": {"operation", "E"},
 }
 
 // openSubject is who requests act as when the server has no Authenticator
@@ -234,13 +237,6 @@ func (s *Server) decide(r *http.Request, action string, res policy.Resource) (po
 	if a == nil {
 		return policy.Decision{}, errors.New("decide: request has no access record")
 	}
-	if s.cfg.Policy == nil {
-		return policy.Decision{Allow: true, Unconditional: true, Reasons: []string{"no policy configured"}}, nil
-	}
-	if res.Compartments == nil {
-		res.Compartments = []string{}
-	}
-	res.CompartmentType = s.params.CompartmentType(res.Type)
 	if len(res.Compartments) > 0 && a.subject.Kind != "system" && !a.consentsSynced {
 		// Once per request: a search's hits are decided on one view.
 		if err := s.consents.sync(r.Context()); err != nil {
@@ -248,10 +244,7 @@ func (s *Server) decide(r *http.Request, action string, res policy.Resource) (po
 		}
 		a.consentsSynced = true
 	}
-	in := policy.Input{Subject: a.subject, Action: action, Operation: a.operation, Resource: res, Time: s.now()}
-	start := time.Now()
-	d, err := s.cfg.Policy.Decide(r.Context(), in)
-	s.metrics.observeDecision(d, err, time.Since(start))
+	d, err := s.decideFor(r.Context(), a.subject, action, a.operation, res)
 	if err != nil {
 		return d, err
 	}
@@ -259,6 +252,24 @@ func (s *Server) decide(r *http.Request, action string, res policy.Resource) (po
 		a.breakGlass = true
 	}
 	return d, nil
+}
+
+// decideFor asks the policy about action on res for subject, inside a
+// request or out of one (a Subscription's notification). The caller syncs
+// the consents first when they matter.
+func (s *Server) decideFor(ctx context.Context, subject policy.Subject, action, operation string, res policy.Resource) (policy.Decision, error) {
+	if s.cfg.Policy == nil {
+		return policy.Decision{Allow: true, Unconditional: true, Reasons: []string{"no policy configured"}}, nil
+	}
+	if res.Compartments == nil {
+		res.Compartments = []string{}
+	}
+	res.CompartmentType = s.params.CompartmentType(res.Type)
+	in := policy.Input{Subject: subject, Action: action, Operation: operation, Resource: res, Time: s.now()}
+	start := time.Now()
+	d, err := s.cfg.Policy.Decide(ctx, in)
+	s.metrics.observeDecision(d, err, time.Since(start))
+	return d, err
 }
 
 // authorize is decide for the request's own target: it records the

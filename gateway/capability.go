@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 
 	"github.com/fhirgate/fhirgate/fhir"
 )
@@ -86,6 +87,10 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) error {
 		"fhirVersion": "4.0.1",
 		"format":      []string{"application/fhir+json", "json"},
 		"rest": []any{map[string]any{
+			"extension": []any{map[string]any{
+				"url":      "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket",
+				"valueUri": websocketURL(s.base(r)),
+			}},
 			"mode":     "server",
 			"security": s.security(),
 			"resource": s.capa,
@@ -104,4 +109,12 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", contentTypeFHIR)
 	w.Write(b)
 	return nil
+}
+
+// websocketURL is the Subscription websocket endpoint under the FHIR base.
+func websocketURL(base string) string {
+	if rest, ok := strings.CutPrefix(base, "https://"); ok {
+		return "wss://" + rest + "/websocket"
+	}
+	return "ws://" + strings.TrimPrefix(base, "http://") + "/websocket"
 }

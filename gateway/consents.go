@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"sync"
 	"time"
 
@@ -38,46 +37,14 @@ func (c *consentSync) sync(ctx context.Context) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.loaded {
-		return c.load(ctx)
-	}
-	recs, _, err := c.s.store.History(ctx, store.HistoryQuery{Type: "Consent", Since: c.mark.Add(-consentSkew)})
-	if err != nil {
-		return err
-	}
-	// Newest first: the first version of each id is the one that counts.
-	for _, rec := range recs {
-		if err := c.applyLocked(ctx, rec); err != nil {
-			return err
-		}
-	}
-	return nil
+	return c.syncLocked(ctx)
 }
 
-func (c *consentSync) load(ctx context.Context) error {
-	start := c.s.now()
-	ids, err := c.s.store.Search(ctx, store.Query{Type: "Consent"})
-	if err != nil {
-		return err
+func (c *consentSync) syncLocked(ctx context.Context) error {
+	if !c.loaded {
+		c.seen = map[string]int64{}
 	}
-	c.seen = map[string]int64{}
-	for _, id := range ids {
-		rec, err := c.s.store.Get(ctx, store.Key{Type: "Consent", ID: id})
-		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrErased) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if err := c.applyLocked(ctx, rec); err != nil {
-			return err
-		}
-	}
-	if c.mark.Before(start) {
-		c.mark = start
-	}
-	c.loaded = true
-	return nil
+	return c.s.follow(ctx, "Consent", &c.loaded, &c.mark, func(rec store.Record) error { return c.applyLocked(ctx, rec) })
 }
 
 // apply brings a Consent version this gateway just stored into the policy.
@@ -88,7 +55,7 @@ func (c *consentSync) apply(ctx context.Context, rec store.Record) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.loaded {
-		return c.load(ctx)
+		return c.syncLocked(ctx)
 	}
 	return c.applyLocked(ctx, rec)
 }

@@ -77,7 +77,9 @@ type server struct {
 
 func newServer(t *testing.T, cfg gateway.Config) *server {
 	t.Helper()
-	ts := httptest.NewServer(gateway.New(cfg))
+	gw := gateway.New(cfg)
+	t.Cleanup(func() { gw.Close() })
+	ts := httptest.NewServer(gw)
 	t.Cleanup(ts.Close)
 	return &server{base: ts.URL + "/fhir", hc: ts.Client()}
 }

@@ -266,6 +266,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) error {
 // consent sync would catch up from the store.)
 func (s *Server) written(r *http.Request, rec store.Record, comps []string) {
 	s.touchRecord(r, rec, comps)
+	s.subs.notify(r, rec)
 	if err := s.consents.apply(r.Context(), rec); err != nil {
 		s.log.WarnContext(r.Context(), "consent not applied to the policy yet", slog.Any("error", err))
 	}

@@ -4,9 +4,11 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -62,6 +64,19 @@ type Config struct {
 	// Log, the transparency log over Store, serves $receipt and
 	// $log-consistency. Every version written carries its leaf either way.
 	Log *anchor.Log
+
+	// Bus carries Subscription messages (ids only) between the gateway
+	// processes sharing Store: set it to the Redis store when there are
+	// several. Default: store.NewLocalBus(), this process alone.
+	Bus store.Bus
+	// SubscriptionRetries is how many times a rest-hook notification is
+	// attempted before its Subscription is set to status error (default
+	// DefaultSubscriptionRetries).
+	SubscriptionRetries int
+	// SubscriptionBackoff is the wait after a notification's first failed
+	// attempt, doubling after each further one (default
+	// DefaultSubscriptionBackoff).
+	SubscriptionBackoff time.Duration
 }
 
 // Server serves the FHIR REST API.
@@ -82,6 +97,7 @@ type Server struct {
 	// of their type (commit.go).
 	prepare map[string]func(r *http.Request, res *fhir.Resource) error
 	hooks   map[string]commitHook
+	subs    *subscriptions
 }
 
 // New returns a Server.
@@ -100,13 +116,24 @@ func New(cfg Config) *Server {
 		s.cfg.MaxBody = DefaultMaxBody
 	}
 	s.cfg.BaseURL = strings.TrimSuffix(s.cfg.BaseURL, "/")
+	if s.cfg.Bus == nil {
+		s.cfg.Bus = store.NewLocalBus()
+	}
+	if s.cfg.SubscriptionRetries <= 0 {
+		s.cfg.SubscriptionRetries = DefaultSubscriptionRetries
+	}
+	if s.cfg.SubscriptionBackoff <= 0 {
+		s.cfg.SubscriptionBackoff = DefaultSubscriptionBackoff
+	}
 	if ks, ok := s.store.(interface{ Keys() *keys.Manager }); ok && s.cfg.Keys == nil {
 		s.cfg.Keys = ks.Keys()
 	}
 	s.capa = capabilityResources(s.params)
 	s.metrics = newMetrics()
 	s.consents = &consentSync{s: s}
-	s.hooks = map[string]commitHook{"Appointment": s.bookAppointment, "Slot": s.guardSlot}
+	s.hooks = map[string]commitHook{"Appointment": s.bookAppointment, "Slot": s.guardSlot, "Subscription": s.ownSubscription}
+	s.prepare = map[string]func(*http.Request, *fhir.Resource) error{"Subscription": s.prepareSubscription}
+	s.subs = newSubscriptions(s)
 	s.routes()
 	return s
 }
@@ -147,6 +174,7 @@ func (s *Server) routes() {
 	f.Use(s.negotiate)
 	f.Handle("/metadata", s.wrap(s.metadata)).Methods(http.MethodGet).Name("metadata")
 	f.Handle("/.well-known/smart-configuration", s.wrap(s.smartConfiguration)).Methods(http.MethodGet).Name("smart-configuration")
+	f.Handle("/websocket", http.HandlerFunc(s.serveWebsocket)).Methods(http.MethodGet).Name("websocket")
 	f.Handle("/{type}/_search", s.wrap(s.search)).Methods(http.MethodPost).Name("search-post")
 	f.Handle("/Patient/{id}/$erase", s.wrap(s.erase)).Methods(http.MethodPost).Name("erase")
 	f.Handle("/$log", s.wrap(s.logInfo)).Methods(http.MethodGet).Name("log")
@@ -197,6 +225,14 @@ func (w *statusWriter) WriteHeader(code int) {
 		w.status = code
 	}
 	w.ResponseWriter.WriteHeader(code)
+}
+
+// Hijack hands the connection to the websocket endpoint.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.status == 0 {
+		w.status = http.StatusSwitchingProtocols
+	}
+	return http.NewResponseController(w.ResponseWriter).Hijack()
 }
 
 func (w *statusWriter) Write(b []byte) (int, error) {

@@ -19,6 +19,7 @@ import (
 	"github.com/fhirgate/fhirgate/anchor"
 	"github.com/fhirgate/fhirgate/gateway"
 	"github.com/fhirgate/fhirgate/internal/auth"
+	"github.com/fhirgate/fhirgate/internal/store"
 	"github.com/fhirgate/fhirgate/policy"
 )
 
@@ -156,11 +157,19 @@ func serve(ctx context.Context, args []string) error {
 	} else {
 		log.Warn("ANCHORING OFF: versions are logged but no root is anchored; receipts stay pending")
 	}
-	gw = gateway.New(gateway.Config{
+	gcfg := gateway.Config{
 		Store: st, BaseURL: cfg.BaseURL, MaxBody: cfg.MaxBody,
 		EnforceReferences: cfg.EnforceReferences, Logger: log, Version: version,
 		Auth: verifier, Policy: engine, SMART: smart, Log: merkleLog,
-	})
+	}
+	// On Redis, Subscription messages reach the other gateway processes
+	// (the embedded store has one process: the default local bus).
+	if bus, ok := st.Backend().(store.Bus); ok {
+		gcfg.Bus = bus
+	}
+	gw = gateway.New(gcfg)
+	// Runs before the store closes: pending notifications stop first.
+	defer gw.Close()
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return err
