@@ -301,10 +301,38 @@ func (s *Server) visible(r *http.Request, action string, rec store.Record, doc m
 	if err != nil {
 		return false, err
 	}
-	if !d.Allow {
+	ok := d.Allow
+	if ok && ownerOnly(r, rec.Type) {
+		if ok, err = s.owns(r, rec); err != nil {
+			return false, err
+		}
+	}
+	if !ok {
 		accessFrom(r.Context()).filtered++
 	}
-	return d.Allow, nil
+	return ok, nil
+}
+
+// ownerOnly reports whether the request's subject sees only the resources
+// of type t it owns: Subscriptions, which hold their owner's endpoint and
+// its headers (often a secret), to every subject but a system client.
+func ownerOnly(r *http.Request, t string) bool {
+	a := accessFrom(r.Context())
+	return t == "Subscription" && (a == nil || a.subject.Kind != "system")
+}
+
+// owns reports whether the request's subject owns Subscription rec.
+func (s *Server) owns(r *http.Request, rec store.Record) (bool, error) {
+	cell, err := s.store.GetCell(r.Context(), subscriptionOwnerCell+rec.ID)
+	if err != nil {
+		return false, err
+	}
+	owner, owned, err := decodeOwner(cell)
+	if err != nil {
+		return false, err
+	}
+	a := accessFrom(r.Context())
+	return owned && a != nil && sameSubject(owner, a.subject), nil
 }
 
 // compartmentsOf returns the patient compartments of a stored version,

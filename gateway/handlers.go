@@ -390,6 +390,15 @@ func (s *Server) authorizeRecord(r *http.Request, action string, rec store.Recor
 		return err
 	}
 	s.touchRecord(r, rec, comps)
+	if ownerOnly(r, rec.Type) {
+		ok, err := s.owns(r, rec)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errForbidden
+		}
+	}
 	return nil
 }
 

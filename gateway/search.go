@@ -115,6 +115,9 @@ func (s *Server) search(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	if ownerOnly(r, t) {
+		d.Unconditional = false
+	}
 	accessFrom(r.Context()).query = q.Canonical.Encode()
 	count := q.Count
 	if _, set := vals["_count"]; !set {
@@ -492,6 +495,9 @@ func (s *Server) historyPage(r *http.Request, hq store.HistoryQuery, count int) 
 	d, err := s.authorize(r, action, res)
 	if err != nil {
 		return nil, 0, err
+	}
+	if ownerOnly(r, hq.Type) {
+		d.Unconditional = false
 	}
 	if d.Unconditional && recs == nil {
 		hq.Count = max(count, 1) // _count=0 asks for the total only

@@ -347,6 +347,21 @@ func TestSubscriptionConsent(t *testing.T) {
 		a.as(t, p2, http.MethodPut, "/Subscription/"+subID, withResourceID(t, subBody, subID)).wantOutcome(t, http.StatusForbidden)
 		a.as(t, p2, http.MethodDelete, "/Subscription/"+subID, "").wantOutcome(t, http.StatusForbidden)
 		a.as(t, p1, http.MethodPut, "/Subscription/"+subID, withResourceID(t, subBody, subID)).want(t, http.StatusOK)
+		// Only the owner (and system clients) see it: its endpoint and
+		// headers are the owner's.
+		a.as(t, p2, http.MethodGet, "/Subscription/"+subID, "").wantOutcome(t, http.StatusForbidden)
+		a.as(t, p2, http.MethodGet, "/Subscription/"+subID+"/_history/1", "").wantOutcome(t, http.StatusForbidden)
+		for _, c := range []struct {
+			token string
+			want  int
+		}{{p1, 1}, {p2, 0}, {sys, 2}} {
+			search := bundleIDs(t, a.as(t, c.token, http.MethodGet, "/Subscription", "").want(t, http.StatusOK))
+			hist := bundleIDs(t, a.as(t, c.token, http.MethodGet, "/Subscription/_history", "").want(t, http.StatusOK))
+			if len(search) != c.want || c.want < 2 && len(hist) != 2*c.want {
+				t.Errorf("search shows %v, history %v; want %d Subscriptions", search, hist, c.want)
+			}
+		}
+		a.as(t, p1, http.MethodGet, "/Subscription/"+subID, "").want(t, http.StatusOK)
 	})
 }
 
