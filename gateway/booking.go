@@ -318,7 +318,10 @@ func (s *Server) updateCalendars(r *http.Request, c *change, prev, next booking)
 			}
 		}
 	}
-	var conflicts []string
+	// The appointments met in the cells, read once each: nil when gone
+	// (erased since it entered a calendar, so its entry is stale).
+	met := map[string]*store.Record{}
+	var conflicts []store.Record
 	for _, k := range keys {
 		cell, err := s.store.GetCell(r.Context(), calendarCell(k.p, k.day))
 		if err != nil {
@@ -336,15 +339,19 @@ func (s *Server) updateCalendars(r *http.Request, c *change, prev, next booking)
 				continue
 			}
 			if next.blocks(k.p) && e.Start < next.end.UnixMilli() && next.start.UnixMilli() < e.End {
-				live, err := s.appointmentExists(r, e.ID)
-				if err != nil {
-					return err
+				rec, seen := met[e.ID]
+				if !seen {
+					var err error
+					if rec, err = s.liveAppointment(r, e.ID); err != nil {
+						return err
+					}
+					met[e.ID] = rec
+					if rec != nil {
+						conflicts = append(conflicts, *rec)
+					}
 				}
-				if !live {
-					continue // erased since: its entry is stale
-				}
-				if !slices.Contains(conflicts, e.ID) {
-					conflicts = append(conflicts, e.ID)
+				if rec == nil {
+					continue
 				}
 			}
 			kept = append(kept, e)
@@ -365,41 +372,40 @@ func (s *Server) updateCalendars(r *http.Request, c *change, prev, next booking)
 	return nil
 }
 
-// appointmentExists reports whether Appointment id still exists (it may
-// have been erased since it entered a calendar).
-func (s *Server) appointmentExists(r *http.Request, id string) (bool, error) {
-	_, err := s.store.Get(r.Context(), store.Key{Type: "Appointment", ID: id})
-	if errors.Is(err, store.ErrErased) || errors.Is(err, store.ErrNotFound) {
-		return false, nil
+// liveAppointment reads Appointment id, nil when it is gone (erased since
+// it entered a calendar).
+func (s *Server) liveAppointment(r *http.Request, id string) (*store.Record, error) {
+	rec, err := s.store.Get(r.Context(), store.Key{Type: "Appointment", ID: id})
+	if errors.Is(err, store.ErrErased) || errors.Is(err, store.ErrNotFound) || err == nil && rec.Deleted {
+		return nil, nil
 	}
-	return err == nil, err
+	if err != nil {
+		return nil, err
+	}
+	return &rec, nil
 }
 
 // bookingConflict is the 409 for a change that time-holding Appointments
-// ids stand in the way of: msg, followed by the appointments, named only
+// recs stand in the way of: msg, followed by the appointments, named only
 // when the caller may read them.
-func (s *Server) bookingConflict(r *http.Request, expr, msg string, ids []string) error {
+func (s *Server) bookingConflict(r *http.Request, expr, msg string, recs []store.Record) error {
 	var named []string
-	for _, id := range ids {
-		rec, err := s.store.Get(r.Context(), store.Key{Type: "Appointment", ID: id})
-		if err != nil {
-			continue
-		}
+	for _, rec := range recs {
 		comps, err := s.compartmentsOf(rec, nil, s.base(r))
 		if err != nil {
 			return err
 		}
-		if d, err := s.decide(r, "read", policy.Resource{Type: "Appointment", ID: id, Compartments: comps}); err == nil && d.Allow {
-			named = append(named, "Appointment/"+id)
+		if d, err := s.decide(r, "read", policy.Resource{Type: rec.Type, ID: rec.ID, Compartments: comps}); err == nil && d.Allow {
+			named = append(named, rec.Type+"/"+rec.ID)
 		}
 	}
 	switch {
 	case len(named) > 0:
 		msg += " by " + strings.Join(named, ", ")
-	case len(ids) == 1:
+	case len(recs) == 1:
 		msg += " by another appointment"
 	default:
-		msg += " by " + strconv.Itoa(len(ids)) + " other appointments"
+		msg += " by " + strconv.Itoa(len(recs)) + " other appointments"
 	}
 	return &fhir.Error{Status: http.StatusConflict, Issues: []fhir.Issue{{
 		Severity: fhir.SeverityError, Code: fhir.CodeConflict, Expression: expr, Details: msg}}}
@@ -421,10 +427,10 @@ func (s *Server) guardSlot(r *http.Request, c *change) error {
 	if err != nil {
 		return err
 	}
-	var held []string
+	var held []store.Record
 	for _, h := range hits {
 		if bookingOf(h.doc, s.base(r)).holds {
-			held = append(held, h.rec.ID)
+			held = append(held, h.rec)
 		}
 	}
 	if len(held) > 0 {
