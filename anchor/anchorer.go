@@ -88,7 +88,11 @@ func (a *Anchorer) Status() Status {
 
 // Run anchors until ctx ends. Errors are logged and retried with backoff.
 func (a *Anchorer) Run(ctx context.Context) {
-	go a.holdLease(ctx)
+	// Run returns only once the lease goroutine has stopped and Status no
+	// longer reports this process as the leader.
+	var lease sync.WaitGroup
+	defer lease.Wait()
+	lease.Go(func() { a.holdLease(ctx) })
 	last := time.Now()
 	backoff := a.cfg.Poll
 	for {

@@ -90,6 +90,9 @@ type Chain struct {
 	stopSync chan struct{}
 	synced   sync.WaitGroup
 
+	stopSeal chan struct{}
+	sealing  sync.WaitGroup
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -197,13 +200,15 @@ func start(stack *node.Node, key *ecdsa.PrivateKey, addr common.Address, logger 
 	})
 	stack.RegisterAPIs([]rpc.API{{Namespace: "eth", Service: filters.NewFilterAPI(filterSystem)}})
 
-	// As cmd/geth does for --dev: period 0 seals a block whenever the pool
-	// holds executable transactions (the loop runs in the dev API).
+	// As cmd/geth does for --dev, period 0: a block is sealed whenever the
+	// pool holds executable transactions. The sealing loop is ours, not the
+	// one catalyst.RegisterSimulatedBeaconAPIs starts: that one is not
+	// stopped before the node closes its database, and a block sealed while
+	// the node shuts down dereferences a nil block and crashes the process.
 	beacon, err := catalyst.NewSimulatedBeacon(0, addr, backend)
 	if err != nil {
 		return nil, fmt.Errorf("devchain: start simulated beacon: %w", err)
 	}
-	catalyst.RegisterSimulatedBeaconAPIs(stack, beacon)
 	stack.RegisterLifecycle(beacon)
 
 	c := &Chain{
@@ -212,6 +217,7 @@ func start(stack *node.Node, key *ecdsa.PrivateKey, addr common.Address, logger 
 		key:      key,
 		log:      logger,
 		stopSync: make(chan struct{}),
+		stopSeal: make(chan struct{}),
 	}
 	// Sync the database log after each new head so a block, once reported,
 	// also survives a power loss, not only a killed process.
@@ -224,6 +230,10 @@ func start(stack *node.Node, key *ecdsa.PrivateKey, addr common.Address, logger 
 		c.stopSyncLoop()
 		return nil, fmt.Errorf("devchain: start node (http %s:%d): %w", stack.Config().HTTPHost, stack.Config().HTTPPort, err)
 	}
+	txs := make(chan core.NewTxsEvent, 16)
+	txSub := backend.TxPool().SubscribeTransactions(txs, true)
+	c.sealing.Add(1)
+	go c.sealLoop(beacon, txs, txSub)
 	c.url = stack.HTTPEndpoint()
 	c.client = ethclient.NewClient(stack.Attach())
 	head := backend.BlockChain().CurrentBlock()
@@ -284,6 +294,41 @@ func (c *Chain) syncLoop(heads <-chan core.ChainHeadEvent, sub interface {
 	}
 }
 
+// sealLoop seals blocks while the pool holds executable transactions. Close
+// stops it, waiting for a block being sealed, before the node stops.
+func (c *Chain) sealLoop(beacon *catalyst.SimulatedBeacon, txs <-chan core.NewTxsEvent, sub interface {
+	Unsubscribe()
+	Err() <-chan error
+}) {
+	defer c.sealing.Done()
+	defer sub.Unsubscribe()
+	for {
+		select {
+		case <-txs:
+		case <-sub.Err():
+			return
+		case <-c.stopSeal:
+			return
+		}
+		for {
+			// Wait for the pool's reset after the last block, so Stats
+			// counts what is left to seal.
+			if err := c.eth.TxPool().Sync(); err != nil {
+				return
+			}
+			if executable, _ := c.eth.TxPool().Stats(); executable == 0 {
+				break
+			}
+			select {
+			case <-c.stopSeal:
+				return
+			default:
+			}
+			beacon.Commit()
+		}
+	}
+}
+
 func (c *Chain) stopSyncLoop() {
 	close(c.stopSync)
 	c.synced.Wait()
@@ -310,6 +355,8 @@ func (c *Chain) Client() *ethclient.Client { return c.client }
 func (c *Chain) Close() error {
 	c.closeOnce.Do(func() {
 		c.client.Close()
+		close(c.stopSeal)
+		c.sealing.Wait()
 		c.stopSyncLoop()
 		if err := c.stack.Close(); err != nil {
 			c.closeErr = fmt.Errorf("devchain: close: %w", err)
