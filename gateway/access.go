@@ -80,6 +80,13 @@ var routeInteractions = map[string][2]string{
 	"erase":              {"operation", "D"},
 	"admin-keys":         {"operation", "E"},
 	"receipt":            {"operation", "E"},
+	// A Bundle's interaction (batch or transaction) is set once it is
+	// parsed; each entry is decided and audited as its own interaction.
+	"bundle":        {"batch", "E"},
+	"export":        {"operation", "E"},
+	"export-status": {"operation", "E"},
+	"export-cancel": {"operation", "E"},
+	"export-file":   {"operation", "E"},
 	// A websocket connection is authenticated here; its binds are checked
 	// against the Subscriptions' owners (websocket.go).
 	"websocket": {"operation", "E"},
@@ -103,7 +110,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		a := &access{interaction: ia[0], action: ia[1], remote: remoteIP(r), target: targetOf(r)}
 		if name == "erase" {
 			a.operation = "erase"
-		} else if name == "admin-keys" || name == "receipt" {
+		} else if name == "admin-keys" || name == "receipt" || strings.HasPrefix(name, "export") {
 			a.operation = name
 		}
 		r = r.WithContext(context.WithValue(r.Context(), accessKey{}, a))

@@ -175,6 +175,13 @@ func (s *Server) routes() {
 	f.Handle("/metadata", s.wrap(s.metadata)).Methods(http.MethodGet).Name("metadata")
 	f.Handle("/.well-known/smart-configuration", s.wrap(s.smartConfiguration)).Methods(http.MethodGet).Name("smart-configuration")
 	f.Handle("/websocket", http.HandlerFunc(s.serveWebsocket)).Methods(http.MethodGet).Name("websocket")
+	f.Handle("", s.wrap(s.bundle)).Methods(http.MethodPost).Name("bundle")
+	f.Handle("/", s.wrap(s.bundle)).Methods(http.MethodPost).Name("bundle")
+	f.Handle("/$export", s.wrap(s.exportKickoff)).Methods(http.MethodGet, http.MethodPost).Name("export")
+	f.Handle("/Patient/$export", s.wrap(s.exportKickoff)).Methods(http.MethodGet, http.MethodPost).Name("export")
+	f.Handle("/$export-status/{job}", s.wrap(s.exportStatus)).Methods(http.MethodGet).Name("export-status")
+	f.Handle("/$export-status/{job}", s.wrap(s.exportCancel)).Methods(http.MethodDelete).Name("export-cancel")
+	f.Handle("/$export-file/{job}/{file}", s.wrap(s.exportFile)).Methods(http.MethodGet).Name("export-file")
 	f.Handle("/{type}/_search", s.wrap(s.search)).Methods(http.MethodPost).Name("search-post")
 	f.Handle("/Patient/{id}/$erase", s.wrap(s.erase)).Methods(http.MethodPost).Name("erase")
 	f.Handle("/$log", s.wrap(s.logInfo)).Methods(http.MethodGet).Name("log")
@@ -272,7 +279,9 @@ func (s *Server) negotiate(next http.Handler) http.Handler {
 			s.writeError(w, r, httpErr(http.StatusNotAcceptable, fhir.CodeNotSupported, "only JSON is supported (_format)"))
 			return
 		}
-		if a := r.Header.Get("Accept"); a != "" && !acceptsJSON(a) {
+		// Bulk Data output files are NDJSON (application/fhir+ndjson).
+		ndjson := strings.Contains(r.URL.Path, "/$export-file/")
+		if a := r.Header.Get("Accept"); a != "" && !ndjson && !acceptsJSON(a) {
 			s.writeError(w, r, httpErr(http.StatusNotAcceptable, fhir.CodeNotSupported, "only application/fhir+json and application/json are supported"))
 			return
 		}
