@@ -24,6 +24,12 @@ const (
 	contentTypeFHIR = "application/fhir+json; charset=utf-8"
 	// DefaultMaxBody is the default request body limit.
 	DefaultMaxBody = 10 << 20
+	// DefaultMaxBundleEntries is the default bound on a Bundle's entries.
+	DefaultMaxBundleEntries = 1000
+	// DefaultMaxBundleBody is the default bound on a Bundle's body.
+	DefaultMaxBundleBody = 256 << 20
+	// DefaultExportTTL is how long $export output is kept by default.
+	DefaultExportTTL = time.Hour
 	defaultCount   = 50
 	maxCount       = 1000
 )
@@ -73,6 +79,20 @@ type Config struct {
 	// attempted before its Subscription is set to status error (default
 	// DefaultSubscriptionRetries).
 	SubscriptionRetries int
+	// MaxBundleEntries bounds the entries of a batch or transaction
+	// Bundle (default DefaultMaxBundleEntries; 413 above).
+	MaxBundleEntries int
+	// MaxBundleBody bounds a Bundle's request body (default
+	// DefaultMaxBundleBody).
+	MaxBundleBody int64
+
+	// ExportDir holds Bulk Data $export output files, encrypted with a
+	// key kept in memory only (default: os.TempDir()).
+	ExportDir string
+	// ExportTTL is how long an $export job's output is kept after it
+	// completes (default DefaultExportTTL).
+	ExportTTL time.Duration
+
 	// SubscriptionBackoff is the wait after a notification's first failed
 	// attempt, doubling after each further one (default
 	// DefaultSubscriptionBackoff).
@@ -114,6 +134,15 @@ func New(cfg Config) *Server {
 	}
 	if s.cfg.MaxBody <= 0 {
 		s.cfg.MaxBody = DefaultMaxBody
+	}
+	if s.cfg.MaxBundleEntries <= 0 {
+		s.cfg.MaxBundleEntries = DefaultMaxBundleEntries
+	}
+	if s.cfg.MaxBundleBody <= 0 {
+		s.cfg.MaxBundleBody = DefaultMaxBundleBody
+	}
+	if s.cfg.ExportTTL <= 0 {
+		s.cfg.ExportTTL = DefaultExportTTL
 	}
 	s.cfg.BaseURL = strings.TrimSuffix(s.cfg.BaseURL, "/")
 	if s.cfg.Bus == nil {
