@@ -336,7 +336,8 @@ const (
 // for Patient, Practitioner, PractitionerRole, Appointment, Slot, Schedule,
 // Observation, Consent, Encounter, AuditEvent, Communication and
 // Subscription; for every other R4 type, `patient` and `subject` where R4
-// defines them. Every type also has _id and _lastUpdated.
+// defines them, and `identifier`. Every type also has _id and
+// _lastUpdated.
 func DefaultParams() Params {
 	out := Params{}
 	for _, t := range ResourceTypes() {
@@ -354,12 +355,33 @@ func DefaultParams() Params {
 		}
 		out[t] = m
 	}
+	for t, m := range out {
+		if !noIdentifier[t] {
+			m["identifier"] = p("identifier", TypeToken, "A business identifier of the "+t, "identifier")
+		}
+	}
 	for t, ps := range fullParams() {
 		for _, sp := range ps {
 			out[t][sp.Name] = sp
 		}
 	}
 	return out
+}
+
+// noIdentifier lists the R4 types without an identifier element; every
+// other type can be searched by identifier (conditional references and
+// creates name resources so: Organization?identifier=...).
+var noIdentifier = map[string]bool{
+	"AuditEvent": true, "Binary": true, "CapabilityStatement": true, "CompartmentDefinition": true,
+	"GraphDefinition": true, "ImplementationGuide": true, "Linkage": true,
+	"MedicationKnowledge": true, "MedicinalProductContraindication": true,
+	"MedicinalProductIndication": true, "MedicinalProductInteraction": true,
+	"MedicinalProductManufactured": true, "MedicinalProductUndesirableEffect": true,
+	"MessageHeader": true, "NamingSystem": true, "OperationDefinition": true,
+	"OperationOutcome": true, "Parameters": true, "Provenance": true, "SearchParameter": true,
+	"Subscription": true, "SubstanceNucleicAcid": true, "SubstancePolymer": true,
+	"SubstanceProtein": true, "SubstanceReferenceInformation": true, "SubstanceSourceMaterial": true,
+	"TerminologyCapabilities": true, "VerificationResult": true,
 }
 
 // Sorted returns the parameters of type t sorted by name.

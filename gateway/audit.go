@@ -95,33 +95,9 @@ func (s *Server) audit(r *http.Request, a *access, status int) error {
 	if a.audited {
 		return nil
 	}
-	groups := map[string][]touched{}
-	var order []string
-	var outside []touched
-	for _, t := range a.touched {
-		if len(t.comps) == 0 {
-			outside = append(outside, t)
-		}
-		for _, c := range t.comps {
-			if _, ok := groups[c]; !ok {
-				order = append(order, c)
-			}
-			groups[c] = append(groups[c], t)
-		}
-	}
 	now := s.now().UTC()
-	type group struct {
-		patient string
-		ts      []touched
-	}
-	var events []group
-	for _, p := range order {
-		events = append(events, group{p, groups[p]})
-	}
-	if len(outside) > 0 || len(order) == 0 {
-		events = append(events, group{"", outside})
-	}
-	put := func(g group) error {
+	events := auditGroups(a)
+	put := func(g auditGroup) error {
 		_, err := s.storeAudit(r, s.auditEvent(a, status, now, g.patient, g.ts))
 		if errors.Is(err, store.ErrErased) && g.patient != "" {
 			// The patient was erased: their trail is gone with their key.
@@ -157,6 +133,41 @@ func (s *Server) audit(r *http.Request, a *access, status int) error {
 	return first
 }
 
+// auditGroup is what one AuditEvent of a request names: the resources it
+// touched in one patient's compartment, or (patient "") outside any.
+type auditGroup struct {
+	patient string
+	ts      []touched
+}
+
+// auditGroups splits what a request touched into its AuditEvents: one per
+// patient compartment, in the order first touched, then one for what lies
+// outside any compartment (or for a request that touched nothing).
+func auditGroups(a *access) []auditGroup {
+	groups := map[string][]touched{}
+	var order []string
+	var outside []touched
+	for _, t := range a.touched {
+		if len(t.comps) == 0 {
+			outside = append(outside, t)
+		}
+		for _, c := range t.comps {
+			if _, ok := groups[c]; !ok {
+				order = append(order, c)
+			}
+			groups[c] = append(groups[c], t)
+		}
+	}
+	var events []auditGroup
+	for _, p := range order {
+		events = append(events, auditGroup{p, groups[p]})
+	}
+	if len(outside) > 0 || len(order) == 0 {
+		events = append(events, auditGroup{"", outside})
+	}
+	return events
+}
+
 // storeAudit stores one generated AuditEvent as version 1 of a new id,
 // and returns its reference.
 func (s *Server) storeAudit(r *http.Request, ev obj) (string, error) {
@@ -173,6 +184,20 @@ func (s *Server) storeAudit(r *http.Request, ev obj) (string, error) {
 		return "", err
 	}
 	return k.String(), nil
+}
+
+// auditRecord makes a generated AuditEvent version 1 of a new id, for a
+// commit of its own or of the writes it records.
+func (s *Server) auditRecord(r *http.Request, ev obj, now time.Time) (store.Record, error) {
+	body, err := json.Marshal(ev)
+	if err != nil {
+		return store.Record{}, err
+	}
+	res, err := fhir.Trusted(body)
+	if err != nil {
+		return store.Record{}, err
+	}
+	return s.encodeVersion(r, res, store.Key{Type: "AuditEvent", ID: newID()}, 1, now.Truncate(time.Millisecond))
 }
 
 // Code systems of the AuditEvents fhirgate writes.

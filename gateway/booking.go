@@ -167,7 +167,7 @@ func (s *Server) bookedSlots(r *http.Request, next, prev booking) (map[string]st
 		ids = union(ids, prev.slots)
 	}
 	for _, id := range ids {
-		rec, err := s.store.Get(r.Context(), store.Key{Type: "Slot", ID: id})
+		rec, err := s.current(r, store.Key{Type: "Slot", ID: id})
 		if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrErased) || err == nil && rec.Deleted {
 			if next.holds && slices.Contains(next.slots, id) {
 				return nil, fhir.Errorf(http.StatusUnprocessableEntity, fhir.CodeNotFound, "Appointment.slot", "Slot/%s does not exist", id)
@@ -323,7 +323,7 @@ func (s *Server) updateCalendars(r *http.Request, c *change, prev, next booking)
 	met := map[string]*store.Record{}
 	var conflicts []store.Record
 	for _, k := range keys {
-		cell, err := s.store.GetCell(r.Context(), calendarCell(k.p, k.day))
+		cell, err := s.cell(r, calendarCell(k.p, k.day))
 		if err != nil {
 			return err
 		}
@@ -375,7 +375,7 @@ func (s *Server) updateCalendars(r *http.Request, c *change, prev, next booking)
 // liveAppointment reads Appointment id, nil when it is gone (erased since
 // it entered a calendar).
 func (s *Server) liveAppointment(r *http.Request, id string) (*store.Record, error) {
-	rec, err := s.store.Get(r.Context(), store.Key{Type: "Appointment", ID: id})
+	rec, err := s.current(r, store.Key{Type: "Appointment", ID: id})
 	if errors.Is(err, store.ErrErased) || errors.Is(err, store.ErrNotFound) || err == nil && rec.Deleted {
 		return nil, nil
 	}

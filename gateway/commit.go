@@ -78,3 +78,42 @@ func (s *Server) commit(r *http.Request, c *change) error {
 		time.Sleep(time.Duration(rand.Int64N(int64(attempt)*int64(time.Millisecond) + 1)))
 	}
 }
+
+// pending is what a transaction has staged but not committed yet: the
+// versions and cells its earlier entries change. Commit hooks read
+// through it (current, cell), so that a later entry sees the earlier
+// ones: two appointments of one transaction cannot double-book.
+type pending struct {
+	recs map[store.Key]store.Record
+	// cells hold the staged value with the version read from the store,
+	// which is what the commit's compare-and-set expects.
+	cells map[string]store.Cell
+}
+
+type pendingKey struct{}
+
+func pendingFrom(r *http.Request) *pending {
+	p, _ := r.Context().Value(pendingKey{}).(*pending)
+	return p
+}
+
+// current returns the current version of k: a transaction's staged one,
+// else the stored one.
+func (s *Server) current(r *http.Request, k store.Key) (store.Record, error) {
+	if p := pendingFrom(r); p != nil {
+		if rec, ok := p.recs[k]; ok {
+			return rec, nil
+		}
+	}
+	return s.store.Get(r.Context(), k)
+}
+
+// cell returns cell id: a transaction's staged value, else the stored one.
+func (s *Server) cell(r *http.Request, id string) (store.Cell, error) {
+	if p := pendingFrom(r); p != nil {
+		if c, ok := p.cells[id]; ok {
+			return c, nil
+		}
+	}
+	return s.store.GetCell(r.Context(), id)
+}

@@ -266,6 +266,12 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) error {
 // consent sync would catch up from the store.)
 func (s *Server) written(r *http.Request, rec store.Record, comps []string) {
 	s.touchRecord(r, rec, comps)
+	s.afterWrite(r, rec)
+}
+
+// afterWrite tells the Subscriptions about a stored version, and brings a
+// Consent into the policy.
+func (s *Server) afterWrite(r *http.Request, rec store.Record) {
 	s.subs.notify(r, rec)
 	if err := s.consents.apply(r.Context(), rec); err != nil {
 		s.log.WarnContext(r.Context(), "consent not applied to the policy yet", slog.Any("error", err))

@@ -209,7 +209,7 @@ func (s *Server) ownSubscription(r *http.Request, c *change) error {
 		return errors.New("subscription hook: request has no access record")
 	}
 	id := subscriptionOwnerCell + c.rec.ID
-	cell, err := s.store.GetCell(r.Context(), id)
+	cell, err := s.cell(r, id)
 	if err != nil {
 		return err
 	}

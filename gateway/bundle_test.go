@@ -1,0 +1,256 @@
+package gateway_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fhirgate/fhirgate/gateway"
+	"github.com/fhirgate/fhirgate/internal/store"
+)
+
+// txResponse is a batch-response or transaction-response Bundle.
+type txResponse struct {
+	ResourceType string `json:"resourceType"`
+	Type         string `json:"type"`
+	Entry        []struct {
+		FullURL  string          `json:"fullUrl"`
+		Resource json.RawMessage `json:"resource"`
+		Response struct {
+			Status       string          `json:"status"`
+			Location     string          `json:"location"`
+			Etag         string          `json:"etag"`
+			LastModified string          `json:"lastModified"`
+			Outcome      json.RawMessage `json:"outcome"`
+		} `json:"response"`
+	} `json:"entry"`
+}
+
+func (r response) txResponse(t *testing.T, typ string) txResponse {
+	t.Helper()
+	r.want(t, http.StatusOK)
+	var b txResponse
+	if err := json.Unmarshal(r.body, &b); err != nil {
+		t.Fatalf("body is not JSON: %v: %s", err, r.body)
+	}
+	if b.ResourceType != "Bundle" || b.Type != typ {
+		t.Fatalf("not a %s Bundle: %.300s", typ, r.body)
+	}
+	return b
+}
+
+// syntheaSeeds are the Practitioners, Locations and Organizations the
+// Synthea bundles of newer Synthea versions name by conditional reference
+// (Synthea exports them in separate practitioner and hospital bundles).
+const syntheaSeeds = `{"resourceType": "Bundle", "type": "batch", "entry": [
+ {"resource": {"resourceType": "Practitioner", "id": "npi-9999955949", "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "9999955949"}]},
+  "request": {"method": "PUT", "url": "Practitioner/npi-9999955949"}},
+ {"resource": {"resourceType": "Practitioner", "id": "npi-9999999569", "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "9999999569"}]},
+  "request": {"method": "PUT", "url": "Practitioner/npi-9999999569"}},
+ {"resource": {"resourceType": "Location", "id": "loc-633b4209", "identifier": [{"system": "https://github.com/synthetichealth/synthea", "value": "633b4209-91a0-36dd-94c3-5d0ce0399fec"}]},
+  "request": {"method": "PUT", "url": "Location/loc-633b4209"}},
+ {"resource": {"resourceType": "Location", "id": "loc-d9f89f72", "identifier": [{"system": "https://github.com/synthetichealth/synthea", "value": "d9f89f72-a505-397c-8d37-70be5f437342"}]},
+  "request": {"method": "PUT", "url": "Location/loc-d9f89f72"}},
+ {"resource": {"resourceType": "Organization", "id": "org-753f3c32", "identifier": [{"system": "https://github.com/synthetichealth/synthea", "value": "753f3c32-49b3-34ed-a40d-420ac433ec96"}]},
+  "request": {"method": "PUT", "url": "Organization/org-753f3c32"}},
+ {"resource": {"resourceType": "Organization", "id": "org-f4e7709c", "identifier": [{"system": "https://github.com/synthetichealth/synthea", "value": "f4e7709c-02f6-37ca-aeea-8247d74e88e7"}]},
+  "request": {"method": "PUT", "url": "Organization/org-f4e7709c"}}
+]}`
+
+func syntheaBundles(t *testing.T) map[string][]byte {
+	t.Helper()
+	files, err := filepath.Glob("testdata/bundles/*_*.json")
+	if err != nil || len(files) != 3 {
+		t.Fatalf("Synthea bundles: %v %v", files, err)
+	}
+	out := map[string][]byte{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[filepath.Base(f)] = b
+	}
+	return out
+}
+
+// walkRefs calls fn for every Reference.reference in v that is not a
+// contained (#) reference.
+func walkRefs(v any, fn func(ref string)) {
+	switch t := v.(type) {
+	case map[string]any:
+		for k, e := range t {
+			if s, ok := e.(string); ok && k == "reference" && !strings.HasPrefix(s, "#") {
+				fn(s)
+				continue
+			}
+			walkRefs(e, fn)
+		}
+	case []any:
+		for _, e := range t {
+			walkRefs(e, fn)
+		}
+	}
+}
+
+// TestSyntheaBundles loads the Synthea transaction bundles, and checks
+// that every reference of every stored resource, contained resources and
+// extensions included, resolves to a stored resource.
+func TestSyntheaBundles(t *testing.T) {
+	eachStore(t, func(t *testing.T, st store.Store) {
+		s := newServer(t, gateway.Config{Store: st})
+		seeds := s.do(t, http.MethodPost, "", syntheaSeeds).txResponse(t, "batch-response")
+		for i, e := range seeds.Entry {
+			if e.Response.Status != "201 Created" {
+				t.Fatalf("seed %d: %s", i, e.Response.Status)
+			}
+		}
+		for name, body := range syntheaBundles(t) {
+			var in struct {
+				Entry []struct {
+					FullURL  string
+					Resource struct{ ResourceType string }
+				}
+			}
+			if err := json.Unmarshal(body, &in); err != nil {
+				t.Fatal(err)
+			}
+			out := s.do(t, http.MethodPost, "", string(body)).txResponse(t, "transaction-response")
+			if len(out.Entry) != len(in.Entry) {
+				t.Fatalf("%s: %d response entries for %d entries", name, len(out.Entry), len(in.Entry))
+			}
+			var locations []string
+			for i, e := range out.Entry {
+				if e.Response.Status != "201 Created" || e.Response.Etag != `W/"1"` || e.Response.LastModified == "" {
+					t.Fatalf("%s entry %d: response %+v", name, i, e.Response)
+				}
+				typ, _, _ := strings.Cut(e.Response.Location, "/")
+				if typ != in.Entry[i].Resource.ResourceType || !strings.HasSuffix(e.Response.Location, "/_history/1") {
+					t.Fatalf("%s entry %d: location %q for a %s", name, i, e.Response.Location, in.Entry[i].Resource.ResourceType)
+				}
+				locations = append(locations, e.Response.Location)
+			}
+			checked, resolved := 0, map[string]bool{}
+			for _, loc := range locations {
+				rec := s.do(t, http.MethodGet, "/"+loc, "").want(t, http.StatusOK)
+				if strings.Contains(string(rec.body), "urn:uuid:") {
+					t.Fatalf("%s: %s still holds a urn:uuid: %.300s", name, loc, rec.body)
+				}
+				walkRefs(rec.resource(t), func(ref string) {
+					parts := strings.Split(ref, "/")
+					if len(parts) != 2 {
+						t.Errorf("%s: %s has reference %q, not Type/id", name, loc, ref)
+						return
+					}
+					checked++
+					if !resolved[ref] {
+						s.do(t, http.MethodGet, "/"+ref, "").want(t, http.StatusOK)
+						resolved[ref] = true
+					}
+				})
+			}
+			if checked < len(locations) {
+				t.Fatalf("%s: only %d references checked", name, checked)
+			}
+			t.Logf("%s: %d resources, %d references resolved", name, len(locations), checked)
+		}
+	})
+}
+
+// TestTransactionRewritesEverywhere checks urn:uuid and relative fullUrl
+// references are rewritten in references, uri elements, extensions,
+// contained resources and narrative links.
+func TestTransactionRewritesEverywhere(t *testing.T) {
+	s := newServer(t, gateway.Config{Store: boltStore(t)})
+	body := `{"resourceType": "Bundle", "type": "transaction", "entry": [
+	 {"fullUrl": "http://example.org/fhir/Patient/p1", "resource": {"resourceType": "Patient", "id": "p1"}, "request": {"method": "POST", "url": "Patient"}},
+	 {"fullUrl": "urn:uuid:0b0e5b9c-8c79-4d0f-9d0b-5c1a9e1f2a33", "resource": {"resourceType": "Practitioner"}, "request": {"method": "POST", "url": "Practitioner"}},
+	 {"fullUrl": "urn:uuid:7d3c7e0c-1f7e-4b0e-a3f5-6c1d2b3a4e55", "request": {"method": "POST", "url": "Observation"}, "resource": {
+	   "resourceType": "Observation", "status": "final",
+	   "text": {"status": "generated", "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\"><a href=\"urn:uuid:0b0e5b9c-8c79-4d0f-9d0b-5c1a9e1f2a33\">by</a></div>"},
+	   "contained": [{"resourceType": "Provenance", "id": "prov", "recorded": "2020-01-01T00:00:00Z", "target": [{"reference": "Patient/p1"}], "agent": [{"who": {"reference": "urn:uuid:0b0e5b9c-8c79-4d0f-9d0b-5c1a9e1f2a33"}}]}],
+	   "extension": [{"url": "http://example.org/ext", "valueReference": {"reference": "urn:uuid:0b0e5b9c-8c79-4d0f-9d0b-5c1a9e1f2a33"}},
+	                 {"url": "http://example.org/ext-uri", "valueUri": "urn:uuid:0b0e5b9c-8c79-4d0f-9d0b-5c1a9e1f2a33"}],
+	   "code": {"text": "x"}, "subject": {"reference": "Patient/p1"},
+	   "performer": [{"reference": "urn:uuid:0b0e5b9c-8c79-4d0f-9d0b-5c1a9e1f2a33"}]}}
+	]}`
+	out := s.do(t, http.MethodPost, "", body).txResponse(t, "transaction-response")
+	pat, prac, obs := out.Entry[0].Response.Location, out.Entry[1].Response.Location, out.Entry[2].Response.Location
+	patRef := strings.Join(strings.Split(pat, "/")[:2], "/")
+	pracRef := strings.Join(strings.Split(prac, "/")[:2], "/")
+	if patRef == "Patient/p1" {
+		t.Fatalf("a POST kept the id in the body: %s", pat)
+	}
+	got := string(s.do(t, http.MethodGet, "/"+obs, "").want(t, http.StatusOK).body)
+	if strings.Contains(got, "urn:uuid:") || strings.Contains(got, `"Patient/p1"`) {
+		t.Fatalf("not rewritten: %s", got)
+	}
+	if n := strings.Count(got, `"`+pracRef+`"`); n != 4 {
+		t.Errorf("%d rewritten references to the Practitioner, want 4 (performer, extension reference and uri, contained): %s", n, got)
+	}
+	if !strings.Contains(got, `href=\"`+pracRef+`\"`) {
+		t.Errorf("narrative link not rewritten: %s", got)
+	}
+	if n := strings.Count(got, `"`+patRef+`"`); n != 2 {
+		t.Errorf("%d references to %s, want 2 (subject, contained target): %s", n, patRef, got)
+	}
+}
+
+// TestBundleEntryLimit checks the entry limit answers 413.
+func TestBundleEntryLimit(t *testing.T) {
+	s := newServer(t, gateway.Config{Store: boltStore(t), MaxBundleEntries: 3})
+	var entries []string
+	for i := range 4 {
+		entries = append(entries, fmt.Sprintf(`{"resource": %s, "request": {"method": "POST", "url": "Patient"}}`, patient(fmt.Sprint("Limit", i))))
+	}
+	for _, typ := range []string{"batch", "transaction"} {
+		body := `{"resourceType": "Bundle", "type": "` + typ + `", "entry": [` + strings.Join(entries, ",") + `]}`
+		s.do(t, http.MethodPost, "", body).wantOutcome(t, http.StatusRequestEntityTooLarge)
+		ok := `{"resourceType": "Bundle", "type": "` + typ + `", "entry": [` + strings.Join(entries[:3], ",") + `]}`
+		s.do(t, http.MethodPost, "", ok).txResponse(t, typ+"-response")
+	}
+	if n := s.typeHistoryTotal(t, "Patient"); n != 6 {
+		t.Fatalf("%d Patient versions, want 6", n)
+	}
+}
+
+// TestBundleRejects checks malformed Bundles are refused with 400 and
+// store nothing.
+func TestBundleRejects(t *testing.T) {
+	s := newServer(t, gateway.Config{Store: boltStore(t)})
+	for name, body := range map[string]string{
+		"not JSON":        `{"resourceType": "Bundle",`,
+		"not a Bundle":    patient("X"),
+		"collection":      `{"resourceType": "Bundle", "type": "collection", "entry": []}`,
+		"no type":         `{"resourceType": "Bundle"}`,
+		"no request":      `{"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": ` + patient("X") + `}]}`,
+		"bad method":      `{"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": ` + patient("X") + `, "request": {"method": "FETCH", "url": "Patient"}}]}`,
+		"no resource":     `{"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "POST", "url": "Patient"}}]}`,
+		"dup fullUrl":     `{"resourceType": "Bundle", "type": "transaction", "entry": [{"fullUrl": "urn:uuid:1", "resource": ` + patient("X") + `, "request": {"method": "POST", "url": "Patient"}}, {"fullUrl": "urn:uuid:1", "resource": ` + patient("X") + `, "request": {"method": "POST", "url": "Patient"}}]}`,
+		"same resource":   `{"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Patient", "id": "a"}, "request": {"method": "PUT", "url": "Patient/a"}}, {"request": {"method": "DELETE", "url": "Patient/a"}}]}`,
+		"type mismatch":   `{"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": ` + patient("X") + `, "request": {"method": "POST", "url": "Observation"}}]}`,
+		"invalid":         `{"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Patient", "gender": 7}, "request": {"method": "POST", "url": "Patient"}}]}`,
+		"PATCH":           `{"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Parameters"}, "request": {"method": "PATCH", "url": "Patient/a"}}]}`,
+		"operation":       `{"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Parameters"}, "request": {"method": "POST", "url": "ValueSet/$lookup"}}]}`,
+		"unknown type":    `{"resourceType": "Bundle", "type": "transaction", "entry": [{"request": {"method": "GET", "url": "Nonsense/1"}}]}`,
+		"entries object":  `{"resourceType": "Bundle", "type": "batch", "entry": {"request": {}}}`,
+		"unresolved uuid": `{"resourceType": "Bundle", "type": "transaction", "entry": [{"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "urn:uuid:f00"}}, "request": {"method": "POST", "url": "Observation"}}]}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			r := s.do(t, http.MethodPost, "", body)
+			if r.status < 400 || r.status >= 500 {
+				t.Fatalf("status %d, want 4xx: %s", r.status, r.body)
+			}
+			r.wantOutcome(t, r.status)
+		})
+	}
+	for _, typ := range []string{"Patient", "Observation"} {
+		if n := s.typeHistoryTotal(t, typ); n != 0 {
+			t.Fatalf("%d %s versions stored by refused Bundles", n, typ)
+		}
+	}
+}
