@@ -529,6 +529,12 @@ func (s *Server) updateResource(w http.ResponseWriter, r *http.Request, res *fhi
 		if ifMatch != "" && (next == 1 || cur.Version != want) {
 			return httpErr(http.StatusPreconditionFailed, fhir.CodeConflict, "If-Match does not match the current version")
 		}
+		if next > 1 && !cur.Deleted && unchanged(res, cur) {
+			// The same content again: no new version (as HAPI does).
+			s.touchRecord(r, cur, comps)
+			s.respondWrite(w, r, cur, http.StatusOK, res.Warnings)
+			return nil
+		}
 		rec, err := s.write(r, res, k, next, store.PutOptions{})
 		if errors.Is(err, store.ErrConflict) {
 			if ifMatch != "" {

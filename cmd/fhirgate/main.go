@@ -45,6 +45,8 @@ func main() {
 		err = verifyCmd(ctx, os.Args[2:], os.Stdout)
 	case "audit":
 		err = auditCmd(ctx, os.Args[2:], os.Stdout)
+	case "import":
+		err = importCmd(ctx, os.Args[2:])
 	case "version":
 		fmt.Println(version)
 	case "-h", "--help", "help":
@@ -73,6 +75,7 @@ commands:
   anchor       anchor deploy --chain-rpc URL --chain-key-file F: deploy the Anchor contract
   verify       verify --receipt R [--resource V] --rpc URL: check a receipt against the chain
   audit        audit --rpc URL --gateway URL: check every pair of anchors is consistent
+  import       import --base URL [flags] FILES|DIRS: load NDJSON files and Bundles, idempotently
   version      print the version
 `)
 }
