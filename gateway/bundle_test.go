@@ -3,12 +3,15 @@ package gateway_test
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/fhirgate/fhirgate/anchor"
 	"github.com/fhirgate/fhirgate/gateway"
 	"github.com/fhirgate/fhirgate/internal/store"
 )
@@ -252,5 +255,189 @@ func TestBundleRejects(t *testing.T) {
 		if n := s.typeHistoryTotal(t, typ); n != 0 {
 			t.Fatalf("%d %s versions stored by refused Bundles", n, typ)
 		}
+	}
+}
+
+// txSnapshot is what a transaction could change, read from the store
+// itself (reading through the API would add AuditEvents).
+type txSnapshot struct {
+	versions map[string]int // per type
+	leaves   int64
+	calendar int64 // the booked practitioner's calendar cell version
+}
+
+var txTypes = []string{"Patient", "Observation", "Appointment", "Practitioner", "AuditEvent"}
+
+func snapshotTx(t *testing.T, st store.Store, log *anchor.Log) txSnapshot {
+	t.Helper()
+	s := txSnapshot{versions: map[string]int{}}
+	for _, typ := range txTypes {
+		_, n, err := st.History(t.Context(), store.HistoryQuery{Type: typ, Count: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.versions[typ] = n
+	}
+	size, err := log.Integrate(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.leaves = size
+	cell, err := st.GetCell(t.Context(), "calendar/Practitioner/tx-doc/2030-01-07")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.calendar = cell.Version
+	return s
+}
+
+// atomicityEntries are the entries of the atomicity test's transaction:
+// each good, and as it fails (bad) in a way of its own.
+var atomicityEntries = []struct{ good, bad string }{
+	{ // 0: a new patient
+		`{"fullUrl": "urn:uuid:11111111-1111-4111-8111-111111111111", "resource": {"resourceType": "Patient", "name": [{"family": "Atom"}]}, "request": {"method": "POST", "url": "Patient"}}`,
+		`{"fullUrl": "urn:uuid:11111111-1111-4111-8111-111111111111", "resource": {"resourceType": "Patient", "gender": 7}, "request": {"method": "POST", "url": "Patient"}}`,
+	},
+	{ // 1: an observation of the new patient
+		`{"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "hr"}, "subject": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"}}, "request": {"method": "POST", "url": "Observation"}}`,
+		`{"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "hr"}, "bogus": true, "subject": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"}}, "request": {"method": "POST", "url": "Observation"}}`,
+	},
+	{ // 2: an update of an existing patient, at the version expected
+		`{"resource": {"resourceType": "Patient", "id": "tx-keep", "name": [{"family": "Kept"}]}, "request": {"method": "PUT", "url": "Patient/tx-keep", "ifMatch": "W/\"1\""}}`,
+		`{"resource": {"resourceType": "Patient", "id": "tx-keep", "name": [{"family": "Kept"}]}, "request": {"method": "PUT", "url": "Patient/tx-keep", "ifMatch": "W/\"9\""}}`,
+	},
+	{ // 3: a delete
+		`{"request": {"method": "DELETE", "url": "Observation/tx-old", "ifMatch": "W/\"1\""}}`,
+		`{"request": {"method": "DELETE", "url": "Observation/tx-old", "ifMatch": "W/\"9\""}}`,
+	},
+	{ // 4: a booking (commit hook: the practitioner's calendar cell)
+		`{"resource": {"resourceType": "Appointment", "status": "booked", "start": "2030-01-07T10:00:00Z", "end": "2030-01-07T10:30:00Z", "participant": [{"actor": {"reference": "Practitioner/tx-doc"}, "status": "accepted"}, {"actor": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"}, "status": "accepted"}]}, "request": {"method": "POST", "url": "Appointment"}}`,
+		`{"resource": {"resourceType": "Appointment", "status": "booked", "start": "2030-01-07T10:00:00Z", "end": "2030-01-07T09:30:00Z", "participant": [{"actor": {"reference": "Practitioner/tx-doc"}, "status": "accepted"}, {"actor": {"reference": "urn:uuid:11111111-1111-4111-8111-111111111111"}, "status": "accepted"}]}, "request": {"method": "POST", "url": "Appointment"}}`,
+	},
+	{ // 5: a conditional create, with a conditional reference
+		`{"resource": {"resourceType": "Practitioner", "identifier": [{"system": "urn:tx", "value": "new-doc"}], "extension": [{"url": "urn:tx:colleague", "valueReference": {"reference": "Practitioner?identifier=urn:tx|doc"}}]}, "request": {"method": "POST", "url": "Practitioner", "ifNoneExist": "identifier=urn:tx|new-doc"}}`,
+		`{"resource": {"resourceType": "Practitioner", "identifier": [{"system": "urn:tx", "value": "new-doc"}], "extension": [{"url": "urn:tx:colleague", "valueReference": {"reference": "Practitioner?identifier=urn:tx|nobody"}}]}, "request": {"method": "POST", "url": "Practitioner", "ifNoneExist": "identifier=urn:tx|new-doc"}}`,
+	},
+	{ // 6: a conditional update that creates
+		`{"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "bp"}, "identifier": [{"system": "urn:tx", "value": "obs"}], "subject": {"reference": "Patient/tx-keep"}}, "request": {"method": "PUT", "url": "Observation?identifier=urn:tx|obs"}}`,
+		`{"resource": {"resourceType": "Patient", "identifier": [{"system": "urn:tx", "value": "obs"}]}, "request": {"method": "PUT", "url": "Observation?identifier=urn:tx|obs"}}`,
+	},
+	{ // 7: a read, after the writes
+		`{"request": {"method": "GET", "url": "Patient/tx-keep"}}`,
+		`{"request": {"method": "GET", "url": "Patient/tx-keep"}}`,
+	},
+}
+
+func atomicityBundle(bad int) string {
+	var es []string
+	for i, e := range atomicityEntries {
+		if i == bad {
+			es = append(es, e.bad)
+		} else {
+			es = append(es, e.good)
+		}
+	}
+	return `{"resourceType": "Bundle", "type": "transaction", "entry": [` + strings.Join(es, ",") + `]}`
+}
+
+// TestTransactionAtomicity fails a transaction at each of its write
+// entries in turn (invalid resource, unknown element, ifMatch, delete
+// ifMatch, booking invariant, unresolvable conditional reference, type
+// mismatch): each time nothing is stored, no leaf appended, no calendar
+// changed, and only the failure's AuditEvent is written. Then the
+// transaction succeeds as a whole: every version, its leaf and the
+// AuditEvents naming each version are stored together.
+func TestTransactionAtomicity(t *testing.T) {
+	eachStore(t, func(t *testing.T, st store.Store) {
+		backend := st.(interface{ Backend() store.Store }).Backend()
+		log := anchor.NewLog(backend.(anchor.Storage))
+		s := newServer(t, gateway.Config{Store: st})
+		s.do(t, http.MethodPut, "/Patient/tx-keep", `{"resourceType": "Patient", "id": "tx-keep"}`).want(t, http.StatusCreated)
+		s.do(t, http.MethodPut, "/Observation/tx-old", `{"resourceType": "Observation", "id": "tx-old", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/tx-keep"}}`).want(t, http.StatusCreated)
+		s.do(t, http.MethodPut, "/Practitioner/tx-doc", `{"resourceType": "Practitioner", "id": "tx-doc", "identifier": [{"system": "urn:tx", "value": "doc"}]}`).want(t, http.StatusCreated)
+		before := snapshotTx(t, st, log)
+		for i, e := range atomicityEntries {
+			if e.good == e.bad {
+				continue
+			}
+			r := s.do(t, http.MethodPost, "", atomicityBundle(i))
+			if r.status < 400 || r.status >= 500 {
+				t.Fatalf("entry %d failing: status %d: %s", i, r.status, r.body)
+			}
+			r.wantOutcome(t, r.status)
+			if !strings.Contains(string(r.body), fmt.Sprintf("entry %d ", i)) {
+				t.Errorf("entry %d failing: the outcome does not name it: %s", i, r.body)
+			}
+			after := snapshotTx(t, st, log)
+			want := before
+			want.versions = maps.Clone(before.versions)
+			want.versions["AuditEvent"]++ // the failure's own
+			want.leaves++
+			if !reflect.DeepEqual(after, want) {
+				t.Fatalf("entry %d failing (%d): state %+v, want %+v", i, r.status, after, want)
+			}
+			before = after
+		}
+		out := s.do(t, http.MethodPost, "", atomicityBundle(-1)).txResponse(t, "transaction-response")
+		after := snapshotTx(t, st, log)
+		for typ, n := range map[string]int{"Patient": 2, "Observation": 3, "Appointment": 1, "Practitioner": 1} {
+			if d := after.versions[typ] - before.versions[typ]; d != n {
+				t.Errorf("%d new %s versions, want %d", d, typ, n)
+			}
+		}
+		audits := after.versions["AuditEvent"] - before.versions["AuditEvent"]
+		written := 0
+		for typ := range after.versions {
+			written += after.versions[typ] - before.versions[typ]
+		}
+		// The GET entry's own AuditEvent is committed after the write.
+		if audits < 2 || after.leaves-before.leaves != int64(written) {
+			t.Errorf("%d versions (%d AuditEvents) but %d leaves", written, audits, after.leaves-before.leaves)
+		}
+		if after.calendar != before.calendar+1 {
+			t.Errorf("calendar cell version %d, want %d", after.calendar, before.calendar+1)
+		}
+		wantStatus := []string{"201 Created", "201 Created", "200 OK", "204 No Content", "201 Created", "201 Created", "201 Created", "200 OK"}
+		var versions []string
+		for i, e := range out.Entry {
+			if e.Response.Status != wantStatus[i] {
+				t.Errorf("entry %d: status %q, want %q", i, e.Response.Status, wantStatus[i])
+			}
+			if e.Response.Location != "" {
+				versions = append(versions, e.Response.Location)
+			}
+		}
+		if len(out.Entry[7].Resource) == 0 || !strings.Contains(string(out.Entry[7].Resource), `"versionId":"2"`) {
+			t.Errorf("the GET entry does not see the update: %s", out.Entry[7].Resource)
+		}
+		// Every written version is named by an AuditEvent.
+		evs := s.do(t, http.MethodGet, "/AuditEvent?_count=100&_sort=-_lastUpdated", "").bundle(t)
+		var all strings.Builder
+		for _, e := range evs.Entry {
+			all.Write(e.Resource)
+		}
+		for _, v := range versions[:len(versions)-1] {
+			if !strings.Contains(all.String(), `"`+v+`"`) {
+				t.Errorf("no AuditEvent names %s", v)
+			}
+		}
+		// The booking holds.
+		s.do(t, http.MethodPost, "/Appointment", `{"resourceType": "Appointment", "status": "booked", "start": "2030-01-07T10:15:00Z", "end": "2030-01-07T10:45:00Z", "participant": [{"actor": {"reference": "Practitioner/tx-doc"}, "status": "accepted"}]}`).wantOutcome(t, http.StatusConflict)
+	})
+}
+
+// TestTransactionDoubleBooking: two overlapping bookings of one
+// practitioner in one transaction fail it (the second sees the first).
+func TestTransactionDoubleBooking(t *testing.T) {
+	s := newServer(t, gateway.Config{Store: boltStore(t)})
+	appt := func(start, end string) string {
+		return `{"resource": {"resourceType": "Appointment", "status": "booked", "start": "` + start + `", "end": "` + end + `", "participant": [{"actor": {"reference": "Practitioner/dd"}, "status": "accepted"}]}, "request": {"method": "POST", "url": "Appointment"}}`
+	}
+	body := `{"resourceType": "Bundle", "type": "transaction", "entry": [` + appt("2030-02-01T09:00:00Z", "2030-02-01T10:00:00Z") + `,` + appt("2030-02-01T09:30:00Z", "2030-02-01T10:30:00Z") + `]}`
+	s.do(t, http.MethodPost, "", body).wantOutcome(t, http.StatusConflict)
+	body = `{"resourceType": "Bundle", "type": "transaction", "entry": [` + appt("2030-02-01T09:00:00Z", "2030-02-01T10:00:00Z") + `,` + appt("2030-02-01T10:00:00Z", "2030-02-01T10:30:00Z") + `]}`
+	s.do(t, http.MethodPost, "", body).txResponse(t, "transaction-response")
+	if n := s.typeHistoryTotal(t, "Appointment"); n != 2 {
+		t.Fatalf("%d appointments, want 2", n)
 	}
 }
