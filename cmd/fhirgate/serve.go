@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,6 +29,9 @@ type serveConfig struct {
 	Addr              string
 	BaseURL           string
 	MaxBody           int64
+	MaxBundleEntries  int
+	MaxBundleBody     int64
+	ExportDir         string
 	EnforceReferences bool
 	LogFormat         string
 	LogLevel          string
@@ -67,6 +71,9 @@ func parseServe(args []string) (serveConfig, error) {
 	c.storeFlags.register(fs)
 	fs.StringVar(&c.BaseURL, "base-url", "", "public absolute URL of the FHIR base (default: from each request's Host)")
 	fs.Int64Var(&c.MaxBody, "max-body", gateway.DefaultMaxBody, "maximum request body in bytes (413 above)")
+	fs.IntVar(&c.MaxBundleEntries, "max-bundle-entries", gateway.DefaultMaxBundleEntries, "maximum entries of a batch or transaction Bundle (413 above)")
+	fs.Int64Var(&c.MaxBundleBody, "max-bundle-body", gateway.DefaultMaxBundleBody, "maximum batch or transaction Bundle body in bytes (413 above)")
+	fs.StringVar(&c.ExportDir, "export-dir", "", "directory for Bulk Data $export output, encrypted (default: DATA-DIR/export)")
 	fs.BoolVar(&c.EnforceReferences, "enforce-references", false, "reject references to resources this server does not hold, and reference target types R4 does not allow (422)")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
@@ -157,8 +164,16 @@ func serve(ctx context.Context, args []string) error {
 	} else {
 		log.Warn("ANCHORING OFF: versions are logged but no root is anchored; receipts stay pending")
 	}
+	exportDir := cfg.ExportDir
+	if exportDir == "" {
+		exportDir = filepath.Join(cfg.DataDir, "export")
+	}
+	if err := os.MkdirAll(exportDir, 0o700); err != nil {
+		return err
+	}
 	gcfg := gateway.Config{
 		Store: st, BaseURL: cfg.BaseURL, MaxBody: cfg.MaxBody,
+		MaxBundleEntries: cfg.MaxBundleEntries, MaxBundleBody: cfg.MaxBundleBody, ExportDir: exportDir,
 		EnforceReferences: cfg.EnforceReferences, Logger: log, Version: version,
 		Auth: verifier, Policy: engine, SMART: smart, Log: merkleLog,
 	}
