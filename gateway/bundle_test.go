@@ -441,3 +441,136 @@ func TestTransactionDoubleBooking(t *testing.T) {
 		t.Fatalf("%d appointments, want 2", n)
 	}
 }
+
+// TestBundlePolicy: the policy decides each entry as its own request. A
+// denied entry fails a transaction with 403 naming it, and nothing is
+// stored; in a batch only that entry fails.
+func TestBundlePolicy(t *testing.T) {
+	a := newAuthServer(t, boltStore(t))
+	sys := a.tok(t, "", "system/*.*", "")
+	for _, p := range []string{"A", "B"} {
+		a.as(t, sys, http.MethodPut, "/Patient/"+p, matrixPatient(p)).want(t, http.StatusCreated)
+	}
+	a.createAs(t, sys, "Consent", consent("Patient/A", "Practitioner/P1", "2020-01-01", "2100-01-01", ""))
+	doc := a.tok(t, "Practitioner/P1", "user/*.cruds", "")
+	entry := func(p string) string {
+		return `{"resource": ` + obsFor("Patient/"+p) + `, "request": {"method": "POST", "url": "Observation"}}`
+	}
+	body := func(typ string) string {
+		return `{"resourceType": "Bundle", "type": "` + typ + `", "entry": [` + entry("A") + `,` + entry("B") + `]}`
+	}
+	r := a.as(t, doc, http.MethodPost, "", body("transaction"))
+	r.wantOutcome(t, http.StatusForbidden)
+	if !strings.Contains(string(r.body), "entry 1 (POST Observation)") {
+		t.Errorf("the 403 does not name the denied entry: %s", r.body)
+	}
+	count := func() int {
+		return a.as(t, sys, http.MethodGet, "/Observation?_summary=count", "").bundle(t).total(t)
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("a denied transaction stored %d Observations", n)
+	}
+	// The denial is audited, naming the patient whose record was refused.
+	evs := a.auditEvents(t, sys, "patient=Patient/B&outcome=4")
+	if len(evs) != 1 {
+		t.Fatalf("%d AuditEvents of the denied entry, want 1", len(evs))
+	}
+	out := a.as(t, doc, http.MethodPost, "", body("batch")).txResponse(t, "batch-response")
+	if out.Entry[0].Response.Status != "201 Created" || out.Entry[1].Response.Status != "403 Forbidden" || len(out.Entry[1].Response.Outcome) == 0 {
+		t.Fatalf("batch entries: %+v %+v", out.Entry[0].Response, out.Entry[1].Response)
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("%d Observations after the batch, want 1", n)
+	}
+	a.as(t, doc, http.MethodPost, "", `{"resourceType": "Bundle", "type": "transaction", "entry": [`+entry("A")+`]}`).txResponse(t, "transaction-response")
+}
+
+// TestSpecTransactionExample runs R4's transaction example
+// (Bundle-bundle-transaction.json) against the state it presumes. It
+// posts ValueSet/$lookup, an operation fhirgate does not serve, so as a
+// transaction it fails as a whole (400 naming entry 7, nothing stored);
+// without that entry it succeeds, each entry as the spec describes; as a
+// batch every other entry succeeds.
+func TestSpecTransactionExample(t *testing.T) {
+	raw, err := os.ReadFile("testdata/bundles/Bundle-bundle-transaction.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b map[string]any
+	if err := json.Unmarshal(raw, &b); err != nil {
+		t.Fatal(err)
+	}
+	entries := b["entry"].([]any)
+	without := func(typ string, skip int) string {
+		c := maps.Clone(b)
+		c["type"] = typ
+		var es []any
+		for i, e := range entries {
+			if i != skip {
+				es = append(es, e)
+			}
+		}
+		c["entry"] = es
+		out, _ := json.Marshal(c)
+		return string(out)
+	}
+	s := newServer(t, gateway.Config{Store: boltStore(t)})
+	// The state the example presumes.
+	s.create(t, "Patient", `{"resourceType": "Patient", "identifier": [{"system": "http:/example.org/fhir/ids", "value": "234234"}]}`)
+	updated := s.create(t, "Patient", `{"resourceType": "Patient", "identifier": [{"system": "http:/example.org/fhir/ids", "value": "456456"}]}`)
+	s.do(t, http.MethodPut, "/Patient/123a", `{"resourceType": "Patient", "id": "123a"}`).want(t, http.StatusCreated)
+	s.do(t, http.MethodPut, "/Patient/123a", `{"resourceType": "Patient", "id": "123a", "active": true}`).want(t, http.StatusOK)
+	s.do(t, http.MethodPut, "/Patient/234", `{"resourceType": "Patient", "id": "234"}`).want(t, http.StatusCreated)
+	s.create(t, "Patient", `{"resourceType": "Patient", "identifier": [{"value": "123456"}]}`)
+	for v := range 4 {
+		s.do(t, http.MethodPut, "/Patient/12334", fmt.Sprintf(`{"resourceType": "Patient", "id": "12334", "birthDate": "2000-01-0%d"}`, v+1))
+	}
+	s.create(t, "Patient", `{"resourceType": "Patient", "name": [{"given": ["Peter"]}]}`)
+	patients := s.typeHistoryTotal(t, "Patient")
+
+	r := s.do(t, http.MethodPost, "", string(raw))
+	r.wantOutcome(t, http.StatusBadRequest)
+	if !strings.Contains(string(r.body), "entry 7") || !strings.Contains(string(r.body), "$lookup") {
+		t.Errorf("the failure does not name the $lookup entry: %s", r.body)
+	}
+	if n := s.typeHistoryTotal(t, "Patient"); n != patients {
+		t.Fatalf("the failed transaction changed Patients: %d versions, were %d", n, patients)
+	}
+
+	out := s.do(t, http.MethodPost, "", without("transaction", 7)).txResponse(t, "transaction-response")
+	want := []string{"201 Created", "200 OK", "201 Created", "200 OK", "200 OK", "204 No Content", "204 No Content", "200 OK", "304 Not Modified"}
+	for i, e := range out.Entry {
+		if e.Response.Status != want[i] {
+			t.Errorf("entry %d: %s, want %s (%s)", i, e.Response.Status, want[i], e.Response.Outcome)
+		}
+	}
+	if got := out.Entry[3].Response.Location; !strings.HasPrefix(got, "Patient/"+updated+"/_history/2") {
+		t.Errorf("the conditional update went to %s, want Patient/%s", got, updated)
+	}
+	if got := out.Entry[4].Response.Etag; got != `W/"3"` {
+		t.Errorf("Patient/123a etag %s, want W/\"3\"", got)
+	}
+	var search struct {
+		Type  string
+		Total int
+	}
+	json.Unmarshal(out.Entry[7].Resource, &search)
+	// The read runs after the writes: it sees the Peters they stored.
+	if search.Type != "searchset" || search.Total != 5 || !strings.Contains(string(out.Entry[7].Resource), `"id":"123"`) {
+		t.Errorf("GET Patient?name=peter: %s", out.Entry[7].Resource)
+	}
+	s.do(t, http.MethodGet, "/Patient/234", "").wantOutcome(t, http.StatusGone)
+
+	// As a batch, the $lookup entry fails alone (the conditional create
+	// now matches, the ifMatch no longer does).
+	batch := s.do(t, http.MethodPost, "", without("batch", -1)).txResponse(t, "batch-response")
+	if st := batch.Entry[7].Response.Status; !strings.HasPrefix(st, "4") || len(batch.Entry[7].Response.Outcome) == 0 {
+		t.Errorf("batch $lookup entry: %s %s", st, batch.Entry[7].Response.Outcome)
+	}
+	if st := batch.Entry[0].Response.Status; st != "201 Created" {
+		t.Errorf("batch entry 0: %s", st)
+	}
+	if st := batch.Entry[4].Response.Status; st != "412 Precondition Failed" {
+		t.Errorf("batch entry 4 (ifMatch W/\"2\" of version 3): %s", st)
+	}
+}
