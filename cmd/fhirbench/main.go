@@ -29,6 +29,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	_ "embed"
 	"encoding/json"
 	"errors"
@@ -95,6 +96,8 @@ type config struct {
 	// Practitioners and BookingDays shape the book workload.
 	Practitioners int
 	BookingDays   int
+	// TxEntries is the size of the transaction workload's Bundles.
+	TxEntries int
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -102,7 +105,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("fhirbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.BaseURL, "base-url", "http://127.0.0.1:8080/fhir", "FHIR R4 base URL to load")
-	fs.StringVar(&cfg.Workload, "workload", "mixed", "workload: create|read|search|mixed|book (mixed = 20% create, 70% read, 10% search; book = Appointments, 409 counted as refused)")
+	fs.StringVar(&cfg.Workload, "workload", "mixed", "workload: create|read|search|mixed|book|transaction (mixed = 20% create, 70% read, 10% search; book = Appointments, 409 counted as refused; transaction = Bundles of --tx-entries)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", 32, "number of concurrent workers")
 	fs.IntVar(&cfg.Concurrency, "c", 32, "shorthand for --concurrency")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "measured run duration (after warmup)")
@@ -114,6 +117,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "per-request timeout")
 	fs.BoolVar(&cfg.JSON, "json", false, "also print the result as one JSON object")
 	fs.IntVar(&cfg.Practitioners, "practitioners", 100, "book: number of practitioners the Appointments are spread over")
+	fs.IntVar(&cfg.TxEntries, "tx-entries", 100, "transaction: entries per transaction Bundle (half Patients, half Observations referring to them by urn:uuid)")
 	fs.IntVar(&cfg.BookingDays, "booking-days", 5, "book: number of days (from 2031-01-06, 08:00-18:00 UTC) the Appointments are spread over")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
@@ -127,7 +131,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 func (c *config) validate() error {
 	m, ok := mixFor(c.Workload)
 	if !ok {
-		return fmt.Errorf("unknown --workload %q (want create, read, search, mixed or book)", c.Workload)
+		return fmt.Errorf("unknown --workload %q (want create, read, search, mixed, book or transaction)", c.Workload)
 	}
 	u, err := url.Parse(c.BaseURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
@@ -154,6 +158,9 @@ func (c *config) validate() error {
 	if m.needsSeed() && c.Seed == 0 {
 		return fmt.Errorf("--workload %s needs --seed > 0", c.Workload)
 	}
+	if m[opTransaction] > 0 && c.TxEntries < 1 {
+		return errors.New("--tx-entries must be >= 1")
+	}
 	if m[opBook] > 0 && (c.Practitioners < 1 || c.BookingDays < 1) {
 		return errors.New("--practitioners and --booking-days must be >= 1")
 	}
@@ -170,10 +177,11 @@ const (
 	opRead
 	opSearch
 	opBook
+	opTransaction
 	numOps
 )
 
-var opNames = [numOps]string{"create", "read", "search", "book"}
+var opNames = [numOps]string{"create", "read", "search", "book", "transaction"}
 
 func (o opKind) String() string { return opNames[o] }
 
@@ -192,6 +200,8 @@ func mixFor(workload string) (mix, bool) {
 		return mix{opCreate: 20, opRead: 70, opSearch: 10}, true
 	case "book":
 		return mix{opBook: 100}, true
+	case "transaction":
+		return mix{opTransaction: 100}, true
 	}
 	return mix{}, false
 }
@@ -641,6 +651,37 @@ func (b *bench) appointment(p, d, s int) []byte {
 	return buf
 }
 
+// transaction renders a transaction Bundle of cfg.TxEntries entries:
+// Patients from the body template, each followed by an Observation that
+// refers to it by its urn:uuid fullUrl.
+func (b *bench) transaction() []byte {
+	buf := []byte(`{"resourceType":"Bundle","type":"transaction","entry":[`)
+	for i := 0; i < b.cfg.TxEntries; i += 2 {
+		v := b.nextValue()
+		u := "urn:uuid:" + uuidOf(v)
+		if i > 0 {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, `{"fullUrl":"`...)
+		buf = append(buf, u...)
+		buf = append(buf, `","resource":`...)
+		buf = append(buf, b.tmpl.render(v)...)
+		buf = append(buf, `,"request":{"method":"POST","url":"Patient"}}`...)
+		if i+1 < b.cfg.TxEntries {
+			buf = append(buf, `,{"resource":{"resourceType":"Observation","status":"final","code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},"valueQuantity":{"value":72,"unit":"/min"},"subject":{"reference":"`...)
+			buf = append(buf, u...)
+			buf = append(buf, `"}},"request":{"method":"POST","url":"Observation"}}`...)
+		}
+	}
+	return append(buf, "]}"...)
+}
+
+// uuidOf formats the SHA-256 of v as a UUID.
+func uuidOf(v string) string {
+	h := sha256.Sum256([]byte(v))
+	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
+}
+
 // do performs one operation, reading and discarding the response body. It
 // returns the HTTP status, or an error for transport failures.
 func (b *bench) do(ctx context.Context, op opKind, r *rand.Rand) (int, error) {
@@ -660,6 +701,8 @@ func (b *bench) do(ctx context.Context, op opKind, r *rand.Rand) (int, error) {
 	case opBook:
 		body := b.appointment(r.IntN(b.cfg.Practitioners), r.IntN(b.cfg.BookingDays), r.IntN(bookingStarts))
 		req, err = b.newRequest(ctx, http.MethodPost, b.bookURL, body)
+	case opTransaction:
+		req, err = b.newRequest(ctx, http.MethodPost, b.cfg.BaseURL, b.transaction())
 	}
 	if err != nil {
 		return 0, err
