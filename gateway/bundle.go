@@ -10,7 +10,10 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fhirgate/fhirgate/fhir"
@@ -242,9 +245,11 @@ func (s *Server) parseEntryURL(r *http.Request, raw string) (entryTarget, error)
 // its entries to the ids they were given, and conditional references to
 // the one resource their criteria match.
 type rewriter struct {
-	s    *Server
-	r    *http.Request
-	ids  map[string]string // fullUrl (and Type/oldId) → Type/id
+	s   *Server
+	r   *http.Request
+	ids map[string]string // fullUrl (and Type/oldId) → Type/id; set before rewriting starts
+
+	mu   sync.Mutex        // entries are rewritten in parallel
 	cond map[string]string // conditional reference → Type/id
 }
 
@@ -359,7 +364,10 @@ func (rw *rewriter) rewriteLinks(div string) string {
 
 // conditional resolves a conditional reference Type?criteria.
 func (rw *rewriter) conditional(ref, path string) (string, error) {
-	if to, ok := rw.cond[ref]; ok {
+	rw.mu.Lock()
+	to, ok := rw.cond[ref]
+	rw.mu.Unlock()
+	if ok {
 		return to, nil
 	}
 	t, q, _ := strings.Cut(strings.TrimPrefix(ref, rw.s.base(rw.r)+"/"), "?")
@@ -385,8 +393,10 @@ func (rw *rewriter) conditional(ref, path string) (string, error) {
 		return "", fhir.Errorf(http.StatusPreconditionFailed, fhir.CodeNotFound, path,
 			"a conditional reference to %s matched %d resources; it must match exactly one", t, len(ids))
 	}
-	to := t + "/" + ids[0]
+	to = t + "/" + ids[0]
+	rw.mu.Lock()
 	rw.cond[ref] = to
+	rw.mu.Unlock()
 	return to, nil
 }
 
@@ -435,6 +445,8 @@ type txEntry struct {
 	hasCur  bool
 	guard   *store.Query
 	res     *fhir.Resource
+	parsed  *fhir.Resource // the entry's resource, rewritten and validated
+	perr    error          // why it is not
 	rec     store.Record
 	comps   []string
 	outcome []fhir.Issue
@@ -532,6 +544,7 @@ func (s *Server) transactionAttempt(r *http.Request, txs []*txEntry, order []int
 	for _, i := range order {
 		x := txs[i]
 		x.key, x.skip, x.status, x.hasCur, x.cur, x.guard, x.res, x.outcome = store.Key{}, false, 0, false, store.Record{}, nil, nil, nil
+		x.parsed, x.perr = nil, nil
 		if x.method == http.MethodGet || x.method == http.MethodHead {
 			continue
 		}
@@ -550,9 +563,24 @@ func (s *Server) transactionAttempt(r *http.Request, txs []*txEntry, order []int
 		}
 		seen[x.key] = x.i
 	}
-	// 2. Build each version, as its single request would: rewrite, parse,
+	// 2. Rewrite and validate the resources, in parallel (the costliest
+	// step); then build each version as its single request would:
 	// authorize, encode, and run its type's commit hook on the staged
 	// state of the entries before it.
+	var toParse []*txEntry
+	for _, x := range txs {
+		if !x.skip && (x.method == http.MethodPost || x.method == http.MethodPut) {
+			toParse = append(toParse, x)
+		}
+	}
+	parallel(len(toParse), func(j int) {
+		x := toParse[j]
+		raw, err := rw.rewrite(x.e.Resource, fmt.Sprintf("Bundle.entry[%d].resource", x.i))
+		if err == nil {
+			x.parsed, err = fhir.Parse(raw, fhir.ParseOptions{StrictReferenceTypes: s.cfg.EnforceReferences})
+		}
+		x.perr = err
+	})
 	now := s.now().UTC().Truncate(time.Millisecond)
 	p := &pending{recs: map[store.Key]store.Record{}, cells: map[string]store.Cell{}}
 	pr := r.WithContext(context.WithValue(r.Context(), pendingKey{}, p))
@@ -578,7 +606,7 @@ func (s *Server) transactionAttempt(r *http.Request, txs []*txEntry, order []int
 		if x.skip || x.method == http.MethodGet || x.method == http.MethodHead {
 			continue
 		}
-		c, err := s.buildEntry(pr, rw, x, now, base)
+		c, err := s.buildEntry(pr, x, now, base)
 		if err != nil {
 			return nil, entryError(x.i, x.method, x.t.typ, err)
 		}
@@ -615,14 +643,17 @@ func (s *Server) transactionAttempt(r *http.Request, txs []*txEntry, order []int
 	}
 	// 3. The request's AuditEvents, in the same commit.
 	a := accessFrom(r.Context())
-	var audits []store.Record
 	if !s.cfg.NoAudit && a != nil {
-		for _, g := range auditGroups(a) {
-			rec, err := s.auditRecord(r, s.auditEvent(a, http.StatusOK, now, g.patient, g.ts), now)
-			if err != nil {
-				return nil, err
-			}
-			audits = append(audits, rec)
+		groups := auditGroups(a)
+		audits := make([]store.Record, len(groups))
+		errs := make([]error, len(groups))
+		parallel(len(groups), func(j int) {
+			audits[j], errs[j] = s.auditRecord(r, s.auditEvent(a, http.StatusOK, now, groups[j].patient, groups[j].ts), now)
+		})
+		if err := errors.Join(errs...); err != nil {
+			return nil, err
+		}
+		for _, rec := range audits {
 			writes = append(writes, store.Write{Record: rec})
 		}
 	}
@@ -827,7 +858,7 @@ func resourceID(raw json.RawMessage) string {
 
 // buildEntry makes the version a POST, PUT or DELETE entry writes; nil
 // for a PUT that changes nothing.
-func (s *Server) buildEntry(r *http.Request, rw *rewriter, x *txEntry, now time.Time, base string) (*change, error) {
+func (s *Server) buildEntry(r *http.Request, x *txEntry, now time.Time, base string) (*change, error) {
 	if x.method == http.MethodDelete {
 		rec := store.Record{Type: x.key.Type, ID: x.key.ID, Version: x.cur.Version + 1, Updated: now, Deleted: true}
 		if err := withLeaf(&rec); err != nil {
@@ -837,15 +868,10 @@ func (s *Server) buildEntry(r *http.Request, rw *rewriter, x *txEntry, now time.
 		s.touchRecord(r, rec, x.comps)
 		return &change{rec: rec}, nil
 	}
-	path := fmt.Sprintf("Bundle.entry[%d].resource", x.i)
-	raw, err := rw.rewrite(x.e.Resource, path)
-	if err != nil {
-		return nil, err
+	if x.perr != nil {
+		return nil, x.perr
 	}
-	res, err := fhir.Parse(raw, fhir.ParseOptions{StrictReferenceTypes: s.cfg.EnforceReferences})
-	if err != nil {
-		return nil, err
-	}
+	res := x.parsed
 	if res.Type != x.key.Type {
 		return nil, fhir.Errorf(http.StatusBadRequest, fhir.CodeInvalid, "resourceType", "resourceType %s does not match the request's type %s", res.Type, x.key.Type)
 	}
@@ -979,6 +1005,27 @@ func bundlePreferRepresentation(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// parallel runs fn(0) … fn(n-1) on up to GOMAXPROCS goroutines.
+func parallel(n int, fn func(i int)) {
+	workers := min(n, runtime.GOMAXPROCS(0))
+	if workers <= 1 {
+		for i := range n {
+			fn(i)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := int(next.Add(1) - 1); i < n; i = int(next.Add(1) - 1) {
+				fn(i)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func statusLine(code int) string { return strconv.Itoa(code) + " " + http.StatusText(code) }

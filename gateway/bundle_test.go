@@ -5,15 +5,23 @@ import (
 	"fmt"
 	"maps"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fhirgate/fhirgate/anchor"
 	"github.com/fhirgate/fhirgate/gateway"
+	"github.com/fhirgate/fhirgate/internal/auth"
 	"github.com/fhirgate/fhirgate/internal/store"
+	"github.com/fhirgate/fhirgate/internal/store/boltstore"
+	"github.com/fhirgate/fhirgate/internal/store/redisstore"
+	"github.com/fhirgate/fhirgate/internal/store/redisstore/redistest"
+	"github.com/fhirgate/fhirgate/internal/store/sealed/sealedtest"
+	"github.com/fhirgate/fhirgate/policy"
 )
 
 // txResponse is a batch-response or transaction-response Bundle.
@@ -572,5 +580,76 @@ func TestSpecTransactionExample(t *testing.T) {
 	}
 	if st := batch.Entry[4].Response.Status; st != "412 Precondition Failed" {
 		t.Errorf("batch entry 4 (ifMatch W/\"2\" of version 3): %s", st)
+	}
+}
+
+// txBody is a transaction of n entries: Patients, each followed by an
+// Observation referring to it by urn:uuid (as fhirbench's transaction
+// workload).
+func txBody(tag string, n int) string {
+	var es []string
+	for i := 0; i < n; i += 2 {
+		u := fmt.Sprintf("urn:uuid:%08x-0000-4000-8000-%012x", i, i)
+		es = append(es, fmt.Sprintf(`{"fullUrl": %q, "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:bench", "value": "%s-%d"}], "name": [{"family": "Bench", "given": ["T%d"]}], "gender": "female", "birthDate": "1980-01-01"}, "request": {"method": "POST", "url": "Patient"}}`, u, tag, i, i))
+		if i+1 < n {
+			es = append(es, fmt.Sprintf(`{"resource": {"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}, "valueQuantity": {"value": 72, "unit": "/min"}, "subject": {"reference": %q}}, "request": {"method": "POST", "url": "Observation"}}`, u))
+		}
+	}
+	return `{"resourceType": "Bundle", "type": "transaction", "entry": [` + strings.Join(es, ",") + `]}`
+}
+
+// BenchmarkTransaction100 is a 100-entry transaction with every feature
+// on (tokens, policy, audit, sealing) on Redis and on bbolt:
+// go test ./gateway -run '^$' -bench Transaction100 -cpuprofile cpu.out
+func BenchmarkTransaction100(b *testing.B) {
+	for _, backend := range []string{"redis", "bolt"} {
+		b.Run(backend, func(b *testing.B) {
+			var st store.Store
+			if backend == "redis" {
+				srv := redistest.Start(b)
+				rs, err := redisstore.New(b.Context(), redisstore.Config{URL: srv.URL(), Prefix: "bench"})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { rs.Close() })
+				st = sealedtest.Wrap(b, rs)
+			} else {
+				bs, err := boltstore.New(b.Context(), boltstore.Config{Dir: b.TempDir()})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.Cleanup(func() { bs.Close() })
+				st = sealedtest.Wrap(b, bs)
+			}
+			key, err := auth.GenerateDevKey()
+			if err != nil {
+				b.Fatal(err)
+			}
+			v, err := auth.NewVerifier(b.Context(), auth.Config{JWKS: key.PublicJWKS(), Issuer: auth.DevIssuer, Audience: auth.DevAudience})
+			if err != nil {
+				b.Fatal(err)
+			}
+			eng, err := policy.New(b.Context(), policy.Config{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			gw := gateway.New(gateway.Config{Store: st, Auth: v, Policy: eng, BaseURL: "http://x/fhir"})
+			b.Cleanup(func() { gw.Close() })
+			tok, err := key.Sign(auth.Claims{Subject: "bench", Scope: "system/*.*"}, time.Hour)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			for i := 0; b.Loop(); i++ {
+				req := httptest.NewRequest(http.MethodPost, "http://x/fhir", strings.NewReader(txBody(fmt.Sprint(i), 100)))
+				req.Header.Set("Content-Type", "application/fhir+json")
+				req.Header.Set("Authorization", "Bearer "+tok)
+				w := httptest.NewRecorder()
+				gw.ServeHTTP(w, req)
+				if w.Code != http.StatusOK {
+					b.Fatalf("%d %s", w.Code, w.Body)
+				}
+			}
+		})
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"sync"
 
 	"github.com/fhirgate/fhirgate/anchor"
 	"github.com/fhirgate/fhirgate/internal/keys"
@@ -56,9 +57,33 @@ func (s *Store) Commit(ctx context.Context, c store.Commit) error {
 		return err
 	}
 	out := store.Commit{Writes: make([]store.Write, len(c.Writes)), Cells: make([]store.SetCell, len(c.Cells))}
-	for i, w := range c.Writes {
-		var err error
-		if out.Writes[i], err = s.sealWrite(ctx, w); errors.Is(err, store.ErrErased) {
+	// Writes are sealed in parallel: a large commit (a transaction of
+	// many new patients) creates a data key per patient, each a store
+	// round trip, which the backends batch when they arrive together.
+	errs := make([]error, len(c.Writes))
+	sealOne := func(i int) { out.Writes[i], errs[i] = s.sealWrite(ctx, c.Writes[i]) }
+	if n := min(len(c.Writes), sealWorkers); n <= 1 {
+		for i := range c.Writes {
+			sealOne(i)
+		}
+	} else {
+		next := make(chan int)
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(func() {
+				for i := range next {
+					sealOne(i)
+				}
+			})
+		}
+		for i := range c.Writes {
+			next <- i
+		}
+		close(next)
+		wg.Wait()
+	}
+	for i, err := range errs {
+		if errors.Is(err, store.ErrErased) {
 			return &store.WriteError{Index: i, Err: err}
 		} else if err != nil {
 			return err
@@ -74,6 +99,9 @@ func (s *Store) Commit(ctx context.Context, c store.Commit) error {
 	}
 	return s.Store.Commit(ctx, out)
 }
+
+// sealWorkers bounds the writes of one commit sealed at once.
+const sealWorkers = 8
 
 // sealWrite seals w's body (with its leaf salt) and blinds its terms and
 // its IfNoneMatch query.
