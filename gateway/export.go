@@ -486,7 +486,7 @@ func (s *Server) runExport(r *http.Request, j *exportJob) {
 	}
 	e := j.e
 	e.mu.Lock()
-	if j.removed || ctx.Err() != nil {
+	if j.removed || e.closed || ctx.Err() != nil {
 		// Cancelled, or the Server closing: the canceller removes the
 		// files once done is closed.
 		e.mu.Unlock()
@@ -495,7 +495,7 @@ func (s *Server) runExport(r *http.Request, j *exportJob) {
 	if err != nil {
 		j.state = exportFailed
 		j.failure = errorID()
-		s.log.ErrorContext(ctx, "export job failed", slog.String("error_id", j.failure), slog.Any("error", err))
+		s.log.ErrorContext(ctx, "export job failed", slog.String("job", j.id), slog.String("error_id", j.failure), slog.Any("error", err))
 		defer j.removeFiles(s) // after e.mu is released
 	} else {
 		j.state = exportComplete
@@ -504,7 +504,7 @@ func (s *Server) runExport(r *http.Request, j *exportJob) {
 		for _, f := range out {
 			n += f.count
 		}
-		s.log.InfoContext(ctx, "export job complete", slog.Int("files", len(out)), slog.Int("resources", n), slog.Int("errors", len(errs)))
+		s.log.InfoContext(ctx, "export job complete", slog.String("job", j.id), slog.Int("files", len(out)), slog.Int("resources", n), slog.Int("errors", len(errs)))
 	}
 	ttl := s.cfg.ExportTTL
 	j.expires = time.Now().Add(ttl)

@@ -312,6 +312,7 @@ func newSubscriptions(s *Server) *subscriptions {
 // serve requests afterwards.
 func (s *Server) Close() error {
 	s.subs.close()
+	s.closeExports()
 	return nil
 }
 
