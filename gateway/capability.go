@@ -84,15 +84,21 @@ func (s *Server) metadata(w http.ResponseWriter, r *http.Request) error {
 			"description": "fhirgate FHIR R4 gateway",
 			"url":         s.base(r),
 		},
-		"fhirVersion": "4.0.1",
-		"format":      []string{"application/fhir+json", "json"},
+		"fhirVersion":  "4.0.1",
+		"instantiates": []string{"http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"},
+		"format":       []string{"application/fhir+json", "json"},
 		"rest": []any{map[string]any{
 			"extension": []any{map[string]any{
 				"url":      "http://hl7.org/fhir/StructureDefinition/capabilitystatement-websocket",
 				"valueUri": websocketURL(s.base(r)),
 			}},
-			"mode":     "server",
-			"security": s.security(),
+			"mode":        "server",
+			"security":    s.security(),
+			"interaction": []capabilityInteraction{{Code: "transaction"}, {Code: "batch"}},
+			"operation": []any{
+				map[string]any{"name": "export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export"},
+				map[string]any{"name": "patient-export", "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"},
+			},
 			"resource": s.capa,
 			"searchParam": []capabilityParam{
 				{Name: "_id", Type: "token"}, {Name: "_lastUpdated", Type: "date"},

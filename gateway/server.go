@@ -30,8 +30,8 @@ const (
 	DefaultMaxBundleBody = 256 << 20
 	// DefaultExportTTL is how long $export output is kept by default.
 	DefaultExportTTL = time.Hour
-	defaultCount   = 50
-	maxCount       = 1000
+	defaultCount     = 50
+	maxCount         = 1000
 )
 
 // Config configures a Server.
