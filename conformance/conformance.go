@@ -190,6 +190,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		{"roundtrip", r.roundtripSuite},
 		{"invalid", r.invalidSuite},
 		{"errors", r.errorsSuite},
+		{"bundles", r.bundlesSuite},
 		{"search", r.searchSuite},
 		{"race", r.raceSuite},
 		{"auth", r.authSuite},
