@@ -74,7 +74,7 @@ const syntheaSeeds = `{"resourceType": "Bundle", "type": "batch", "entry": [
 
 func syntheaBundles(t *testing.T) map[string][]byte {
 	t.Helper()
-	files, err := filepath.Glob("testdata/bundles/*_*.json")
+	files, err := filepath.Glob("../testdata/synthea/*_*.json")
 	if err != nil || len(files) != 3 {
 		t.Fatalf("Synthea bundles: %v %v", files, err)
 	}
@@ -500,7 +500,7 @@ func TestBundlePolicy(t *testing.T) {
 // without that entry it succeeds, each entry as the spec describes; as a
 // batch every other entry succeeds.
 func TestSpecTransactionExample(t *testing.T) {
-	raw, err := os.ReadFile("testdata/bundles/Bundle-bundle-transaction.json")
+	raw, err := os.ReadFile("../testdata/conformance/r4-examples/Bundle-bundle-transaction.json")
 	if err != nil {
 		t.Fatal(err)
 	}
