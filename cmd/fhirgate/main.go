@@ -2,6 +2,7 @@
 //
 //	fhirgate serve       serve the FHIR REST API
 //	fhirgate healthcheck probe a running server's /healthz (for containers)
+//	fhirgate import      load NDJSON and Bundle files into a FHIR server
 //	fhirgate conformance run the black-box conformance suite against a base URL
 //	fhirgate keys        manage key-encryption keys (init, status, rotate, rewrap, prune)
 //	fhirgate token       print a token from the embedded dev issuer
