@@ -443,6 +443,7 @@ type txEntry struct {
 	status  int
 	cur     store.Record // the current version, when there is one
 	hasCur  bool
+	alias   *txEntry // a conditional create an earlier entry with the same criteria makes
 	guard   *store.Query
 	res     *fhir.Resource
 	parsed  *fhir.Resource // the entry's resource, rewritten and validated
@@ -541,15 +542,27 @@ func (s *Server) transactionAttempt(r *http.Request, txs []*txEntry, order []int
 	base := s.base(r)
 	// 1. Resolve what each write entry targets, in processing order.
 	seen := map[store.Key]int{}
+	creates := map[string]*txEntry{} // conditional creates by criteria
 	for _, i := range order {
 		x := txs[i]
 		x.key, x.skip, x.status, x.hasCur, x.cur, x.guard, x.res, x.outcome = store.Key{}, false, 0, false, store.Record{}, nil, nil, nil
-		x.parsed, x.perr = nil, nil
+		x.parsed, x.perr, x.alias = nil, nil, nil
 		if x.method == http.MethodGet || x.method == http.MethodHead {
 			continue
 		}
 		if err := s.resolveEntry(r, x); err != nil {
 			return nil, entryError(x.i, x.method, x.t.typ, err)
+		}
+		if cond := x.e.Request.IfNoneExist; x.method == http.MethodPost && cond != "" && !x.skip {
+			// Two entries creating "the" resource matching the same
+			// criteria create it once: the second names the first's.
+			k := x.t.typ + "?" + strings.TrimPrefix(cond, x.t.typ+"?")
+			if first, ok := creates[k]; ok {
+				x.alias, x.key, x.skip, x.status = first, first.key, true, http.StatusOK
+				rw.mapFullURL(x.e.FullURL, x.key.Type, x.key.ID)
+				continue
+			}
+			creates[k] = x
 		}
 		if x.method != http.MethodDelete {
 			rw.mapFullURL(x.e.FullURL, x.key.Type, x.key.ID)
@@ -975,6 +988,8 @@ func (s *Server) txResponse(r *http.Request, x *txEntry) responseEntry {
 			e.Response.LastModified = fhir.FormatInstant(rec.Updated)
 		}
 		return e
+	case x.alias != nil:
+		rec = x.alias.rec
 	case x.skip:
 		rec = x.cur
 	}

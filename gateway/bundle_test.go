@@ -653,3 +653,32 @@ func BenchmarkTransaction100(b *testing.B) {
 		})
 	}
 }
+
+// TestTransactionRepeatedConditionalCreate: two entries creating the
+// resource that matches the same criteria create it once, and references
+// to either entry name it.
+func TestTransactionRepeatedConditionalCreate(t *testing.T) {
+	s := newServer(t, gateway.Config{Store: boltStore(t)})
+	org := func(u string) string {
+		return `{"fullUrl": "` + u + `", "resource": {"resourceType": "Organization", "identifier": [{"system": "urn:org", "value": "h1"}]}, "request": {"method": "POST", "url": "Organization", "ifNoneExist": "identifier=urn:org|h1"}}`
+	}
+	obs := func(u string) string {
+		return `{"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "performer": [{"reference": "` + u + `"}]}, "request": {"method": "POST", "url": "Observation"}}`
+	}
+	a, b := "urn:uuid:aaaaaaaa-0000-4000-8000-000000000001", "urn:uuid:aaaaaaaa-0000-4000-8000-000000000002"
+	body := `{"resourceType": "Bundle", "type": "transaction", "entry": [` + org(a) + `,` + org(b) + `,` + obs(a) + `,` + obs(b) + `]}`
+	out := s.do(t, http.MethodPost, "", body).txResponse(t, "transaction-response")
+	if out.Entry[0].Response.Status != "201 Created" || out.Entry[1].Response.Status != "200 OK" || out.Entry[0].Response.Location != out.Entry[1].Response.Location {
+		t.Fatalf("entries: %+v / %+v", out.Entry[0].Response, out.Entry[1].Response)
+	}
+	if n := s.typeHistoryTotal(t, "Organization"); n != 1 {
+		t.Fatalf("%d Organizations, want 1", n)
+	}
+	orgRef := strings.Join(strings.Split(out.Entry[0].Response.Location, "/")[:2], "/")
+	for _, i := range []int{2, 3} {
+		got := s.do(t, http.MethodGet, "/"+out.Entry[i].Response.Location, "").want(t, http.StatusOK)
+		if !strings.Contains(string(got.body), `"reference":"`+orgRef+`"`) {
+			t.Errorf("entry %d does not name %s: %s", i, orgRef, got.body)
+		}
+	}
+}
