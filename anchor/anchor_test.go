@@ -319,8 +319,11 @@ func TestAnchoringOnGeth(t *testing.T) {
 	st, log := boltLog(t)
 	a := anchor.NewAnchorer(anchor.AnchorerConfig{Log: log, Chain: chain})
 	var all []version
-	// geth --dev mines only when a transaction arrives: a goroutine
-	// sends no-op transactions so that confirmations come.
+	// geth --dev mines only when a transaction arrives: transfers from a
+	// second account, funded before the anchorer runs (a funding transfer
+	// from key while the anchorer sends could take its nonce), make
+	// confirmations come.
+	poker := fundPoker(t, client, key)
 	for batch := range 2 {
 		all = append(all, writeVersions(t, st, len(all), 3+batch)...)
 		done := make(chan struct{})
@@ -330,7 +333,7 @@ func TestAnchoringOnGeth(t *testing.T) {
 				t.Errorf("Step = %v, %v", ok, err)
 			}
 		}()
-		pokeUntil(t, client, key, done)
+		pokeUntil(t, client, poker, done)
 	}
 	ro, err := evm.New(t.Context(), evm.Config{Client: client, Contract: addr})
 	if err != nil {
@@ -343,36 +346,51 @@ func TestAnchoringOnGeth(t *testing.T) {
 	}
 }
 
-// pokeUntil makes a geth --dev (which mines only on transactions) produce
-// blocks until done closes, with transfers from a second account that key
-// funds first (key's own nonces are the anchorer's).
-func pokeUntil(t *testing.T, client *ethclient.Client, key *ecdsa.PrivateKey, done <-chan struct{}) {
+// fundPoker makes a second account funded by key, and waits until the
+// funding is mined (key's own nonces are the anchorer's).
+func fundPoker(t *testing.T, client *ethclient.Client, key *ecdsa.PrivateKey) *ecdsa.PrivateKey {
 	t.Helper()
-	ctx := t.Context()
 	poker, _ := crypto.GenerateKey()
 	to := crypto.PubkeyToAddress(poker.PublicKey)
-	id, err := client.ChainID(ctx)
+	sendRetry(t, client, key, to, big.NewInt(1e18))
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if bal, err := client.BalanceAt(t.Context(), to, nil); err == nil && bal.Sign() > 0 {
+			return poker
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the poker's funding was not mined")
+		}
+	}
+}
+
+// sendRetry sends a transfer, retrying while the pool has not seen the
+// last block yet.
+func sendRetry(t *testing.T, client *ethclient.Client, from *ecdsa.PrivateKey, to common.Address, value *big.Int) {
+	t.Helper()
+	id, err := client.ChainID(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	send := func(from *ecdsa.PrivateKey, to common.Address, value *big.Int) {
-		// The pool may not have seen the funding block yet: retry.
-		var err error
-		for range 200 {
-			if err = trySend(ctx, client, id, from, to, value); err == nil {
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
+	for range 200 {
+		if err = trySend(t.Context(), client, id, from, to, value); err == nil {
+			return
 		}
-		t.Fatal(err)
+		time.Sleep(10 * time.Millisecond)
 	}
-	send(key, to, big.NewInt(1e18))
+	t.Fatal(err)
+}
+
+// pokeUntil makes a geth --dev (which mines only on transactions) produce
+// blocks until done closes, with self-transfers of poker.
+func pokeUntil(t *testing.T, client *ethclient.Client, poker *ecdsa.PrivateKey, done <-chan struct{}) {
+	t.Helper()
+	to := crypto.PubkeyToAddress(poker.PublicKey)
 	for {
 		select {
 		case <-done:
 			return
 		case <-time.After(50 * time.Millisecond):
-			send(poker, to, big.NewInt(1))
+			sendRetry(t, client, poker, to, big.NewInt(1))
 		}
 	}
 }
