@@ -16,7 +16,7 @@ import (
 // DELETE, POST, PUT, GET), and conditional references are resolved.
 func (s *Server) batch(r *http.Request, entries []bundleEntry) ([]responseEntry, error) {
 	out := make([]responseEntry, len(entries))
-	rw := &rewriter{s: s, r: r, ids: map[string]string{}, cond: map[string]string{}}
+	rw := newRewriter(s, r)
 	for _, i := range processingOrder(entries) {
 		e := entries[i]
 		t, err := s.parseEntryURL(r, e.Request.URL)

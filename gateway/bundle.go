@@ -253,6 +253,10 @@ type rewriter struct {
 	cond map[string]string // conditional reference → Type/id
 }
 
+func newRewriter(s *Server, r *http.Request) *rewriter {
+	return &rewriter{s: s, r: r, ids: map[string]string{}, cond: map[string]string{}}
+}
+
 // mapFullURL records that the entry with fullUrl is stored as t/id.
 func (rw *rewriter) mapFullURL(fullURL, t, id string) {
 	if fullURL == "" {
@@ -374,18 +378,7 @@ func (rw *rewriter) conditional(ref, path string) (string, error) {
 	if !fhir.IsResourceType(t) {
 		return "", fhir.Errorf(http.StatusBadRequest, fhir.CodeInvalid, path, "conditional reference names an unknown resource type")
 	}
-	vals, err := url.ParseQuery(q)
-	if err != nil {
-		return "", fhir.Errorf(http.StatusBadRequest, fhir.CodeInvalid, path, "conditional reference has an invalid query")
-	}
-	fq, err := fhir.ParseQuery(t, vals, rw.s.params, rw.s.base(rw.r), false)
-	if err != nil {
-		return "", err
-	}
-	if len(fq.Clauses) == 0 {
-		return "", fhir.Errorf(http.StatusBadRequest, fhir.CodeInvalid, path, "conditional reference has no search criteria")
-	}
-	ids, err := rw.s.matchIDs(rw.r, fq)
+	_, ids, err := rw.s.criteriaMatches(rw.r, t, q, "conditional reference")
 	if err != nil {
 		return "", err
 	}
@@ -538,7 +531,7 @@ func checkTxEntry(x *txEntry) error {
 
 // transactionAttempt resolves, builds and commits the transaction once.
 func (s *Server) transactionAttempt(r *http.Request, txs []*txEntry, order []int) ([]responseEntry, error) {
-	rw := &rewriter{s: s, r: r, ids: map[string]string{}, cond: map[string]string{}}
+	rw := newRewriter(s, r)
 	base := s.base(r)
 	// 1. Resolve what each write entry targets, in processing order.
 	seen := map[store.Key]int{}
@@ -708,11 +701,7 @@ func (s *Server) resolveEntry(r *http.Request, x *txEntry) error {
 		x.key = store.Key{Type: t.typ, ID: x.newID}
 		x.status = http.StatusCreated
 		if cond := x.e.Request.IfNoneExist; cond != "" {
-			q, err := s.criteria(r, t.typ, strings.TrimPrefix(cond, t.typ+"?"), "ifNoneExist")
-			if err != nil {
-				return err
-			}
-			ids, err := s.matchIDs(r, q)
+			q, ids, err := s.criteriaMatches(r, t.typ, strings.TrimPrefix(cond, t.typ+"?"), "ifNoneExist")
 			if err != nil {
 				return err
 			}
@@ -739,11 +728,7 @@ func (s *Server) resolveEntry(r *http.Request, x *txEntry) error {
 	case http.MethodPut:
 		id := t.id
 		if t.query != nil {
-			q, err := s.criteria(r, t.typ, t.rawQuery, "request.url")
-			if err != nil {
-				return err
-			}
-			ids, err := s.matchIDs(r, q)
+			_, ids, err := s.criteriaMatches(r, t.typ, t.rawQuery, "request.url")
 			if err != nil {
 				return err
 			}
@@ -784,11 +769,7 @@ func (s *Server) resolveEntry(r *http.Request, x *txEntry) error {
 		id := t.id
 		x.status = http.StatusNoContent
 		if t.query != nil {
-			q, err := s.criteria(r, t.typ, t.rawQuery, "request.url")
-			if err != nil {
-				return err
-			}
-			ids, err := s.matchIDs(r, q)
+			_, ids, err := s.criteriaMatches(r, t.typ, t.rawQuery, "request.url")
 			if err != nil {
 				return err
 			}
@@ -860,6 +841,17 @@ func (s *Server) criteria(r *http.Request, t, raw, what string) (*fhir.Query, er
 	return q, nil
 }
 
+// criteriaMatches parses conditional criteria and finds the ids of the
+// live resources they match.
+func (s *Server) criteriaMatches(r *http.Request, t, raw, what string) (*fhir.Query, []string, error) {
+	q, err := s.criteria(r, t, raw, what)
+	if err != nil {
+		return nil, nil, err
+	}
+	ids, err := s.matchIDs(r, q)
+	return q, ids, err
+}
+
 // resourceID reads a resource's id without parsing the rest.
 func resourceID(raw json.RawMessage) string {
 	var v struct {
@@ -918,7 +910,7 @@ func (s *Server) buildEntry(r *http.Request, x *txEntry, now time.Time, base str
 	if _, err := s.authorize(r, action, policy.Resource{Type: x.key.Type, ID: x.key.ID, Compartments: all}); err != nil {
 		return nil, err
 	}
-	if err := s.checkReferencesPending(r, res); err != nil {
+	if err := s.checkReferences(r, res); err != nil {
 		return nil, err
 	}
 	next := int64(1)
@@ -945,36 +937,6 @@ func (s *Server) buildEntry(r *http.Request, x *txEntry, now time.Time, base str
 func unchanged(res *fhir.Resource, cur store.Record) bool {
 	body, err := res.Encode(fhir.Meta{ID: cur.ID, VersionID: strconv.FormatInt(cur.Version, 10), LastUpdated: cur.Updated})
 	return err == nil && bytes.Equal(body, cur.Body)
-}
-
-// checkReferencesPending is checkReferences for a transaction entry:
-// a reference to a resource the transaction writes is fine.
-func (s *Server) checkReferencesPending(r *http.Request, res *fhir.Resource) error {
-	if !s.cfg.EnforceReferences {
-		return nil
-	}
-	p := pendingFrom(r)
-	var issues []fhir.Issue
-	walkReferences(res.Doc, res.Type, func(path, ref string) {
-		v := fhir.ParseReference(ref, s.base(r))
-		if v.RefType == "" || v.RefType == res.Type && v.RefID == res.ID {
-			return
-		}
-		k := store.Key{Type: v.RefType, ID: v.RefID}
-		if p != nil {
-			if rec, ok := p.recs[k]; ok && !rec.Deleted {
-				return
-			}
-		}
-		cur, err := s.store.Get(r.Context(), k)
-		if err != nil || cur.Deleted {
-			issues = append(issues, fhir.Issue{Severity: fhir.SeverityError, Code: fhir.CodeNotFound, Expression: path, Details: "referenced resource does not exist on this server"})
-		}
-	})
-	if len(issues) > 0 {
-		return &fhir.Error{Status: http.StatusUnprocessableEntity, Issues: issues}
-	}
-	return nil
 }
 
 // txResponse is the response entry of a committed write entry.

@@ -682,3 +682,17 @@ func TestTransactionRepeatedConditionalCreate(t *testing.T) {
 		}
 	}
 }
+
+// TestTransactionEnforcedReferences: with EnforceReferences, a reference
+// to a resource an earlier entry of the transaction creates is held.
+func TestTransactionEnforcedReferences(t *testing.T) {
+	s := newServer(t, gateway.Config{Store: boltStore(t), EnforceReferences: true})
+	u := "urn:uuid:bbbbbbbb-0000-4000-8000-000000000001"
+	body := `{"resourceType": "Bundle", "type": "transaction", "entry": [
+	 {"fullUrl": "` + u + `", "resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
+	 {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "` + u + `"}}, "request": {"method": "POST", "url": "Observation"}}]}`
+	s.do(t, http.MethodPost, "", body).txResponse(t, "transaction-response")
+	dangling := `{"resourceType": "Bundle", "type": "transaction", "entry": [
+	 {"resource": {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "subject": {"reference": "Patient/nobody"}}, "request": {"method": "POST", "url": "Observation"}}]}`
+	s.do(t, http.MethodPost, "", dangling).wantOutcome(t, http.StatusUnprocessableEntity)
+}

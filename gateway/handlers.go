@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -68,11 +67,13 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, t string) (*fh
 }
 
 // checkReferences rejects local references to resources the server does
-// not hold (422), when EnforceReferences is on.
+// not hold (422), when EnforceReferences is on. Inside a transaction, a
+// resource an earlier entry writes counts as held.
 func (s *Server) checkReferences(r *http.Request, res *fhir.Resource) error {
 	if !s.cfg.EnforceReferences {
 		return nil
 	}
+	p := pendingFrom(r)
 	var issues []fhir.Issue
 	walkReferences(res.Doc, res.Type, func(path, ref string) {
 		v := fhir.ParseReference(ref, s.base(r))
@@ -82,7 +83,13 @@ func (s *Server) checkReferences(r *http.Request, res *fhir.Resource) error {
 		if v.RefType == res.Type && v.RefID == res.ID {
 			return
 		}
-		cur, err := s.store.Get(r.Context(), store.Key{Type: v.RefType, ID: v.RefID})
+		k := store.Key{Type: v.RefType, ID: v.RefID}
+		if p != nil {
+			if rec, ok := p.recs[k]; ok && !rec.Deleted {
+				return
+			}
+		}
+		cur, err := s.store.Get(r.Context(), k)
 		if err != nil || cur.Deleted {
 			issues = append(issues, fhir.Issue{Severity: fhir.SeverityError, Code: fhir.CodeNotFound, Expression: path, Details: "referenced resource does not exist on this server"})
 		}
@@ -295,16 +302,9 @@ func appendOnly(t string) error {
 // the store (so it holds across gateway processes); otherwise it is a
 // search followed by a write.
 func (s *Server) conditionalCreate(w http.ResponseWriter, r *http.Request, res *fhir.Resource, k store.Key, cond string) error {
-	vals, err := url.ParseQuery(strings.TrimPrefix(cond, k.Type+"?"))
-	if err != nil {
-		return httpErr(http.StatusBadRequest, fhir.CodeInvalid, "If-None-Exist is not a valid query")
-	}
-	q, err := fhir.ParseQuery(k.Type, vals, s.params, s.base(r), false)
+	q, err := s.criteria(r, k.Type, strings.TrimPrefix(cond, k.Type+"?"), "If-None-Exist")
 	if err != nil {
 		return err
-	}
-	if len(q.Clauses) == 0 {
-		return httpErr(http.StatusBadRequest, fhir.CodeInvalid, "If-None-Exist has no search criteria")
 	}
 	for attempt := 0; attempt < 5; attempt++ {
 		ids, err := s.matchIDs(r, q)

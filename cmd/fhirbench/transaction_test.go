@@ -36,7 +36,9 @@ func TestTransactionBody(t *testing.T) {
 		}
 		var out struct {
 			Type  string
-			Entry []struct{ Response struct{ Status, Location string } }
+			Entry []struct {
+				Response struct{ Status, Location string }
+			}
 		}
 		json.NewDecoder(resp.Body).Decode(&out)
 		resp.Body.Close()
