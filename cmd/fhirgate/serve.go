@@ -3,6 +3,8 @@ package main
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,6 +24,7 @@ import (
 	"github.com/fhirgate/fhirgate/internal/auth"
 	"github.com/fhirgate/fhirgate/internal/store"
 	"github.com/fhirgate/fhirgate/policy"
+	"golang.org/x/net/netutil"
 )
 
 type serveConfig struct {
@@ -36,9 +39,40 @@ type serveConfig struct {
 	LogFormat         string
 	LogLevel          string
 	ShutdownGrace     time.Duration
+	httpFlags
 	authFlags
 	PolicyDir string
 	anchorFlags
+	AnchorMaxLag time.Duration
+
+	ConfigFile  string
+	PrintConfig bool
+	fs          *flag.FlagSet
+	sources     map[string]string
+}
+
+// httpFlags bound what clients can hold: slow or idle connections are
+// cut by the timeouts, and at most MaxConns are served at once (further
+// connections wait in the listen backlog).
+type httpFlags struct {
+	TLSCert, TLSKey   string
+	MaxConns          int
+	ReadHeaderTimeout time.Duration
+	ReadTimeout       time.Duration
+	WriteTimeout      time.Duration
+	IdleTimeout       time.Duration
+	MaxHeaderBytes    int
+}
+
+func (c *httpFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate chain: serve HTTPS (with --tls-key); the files are re-read when they change")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.IntVar(&c.MaxConns, "max-conns", 4096, "connections served at once; more wait to be accepted (0: no limit)")
+	fs.DurationVar(&c.ReadHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send a request's headers")
+	fs.DurationVar(&c.ReadTimeout, "read-timeout", 2*time.Minute, "time a client has to send a whole request, body included")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", 0, "time to write a response (0: none; Bulk Data downloads and websockets stream)")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 2*time.Minute, "how long an idle keep-alive connection is kept")
+	fs.IntVar(&c.MaxHeaderBytes, "max-header-bytes", 1<<20, "maximum size of a request's headers")
 }
 
 // authFlags say how bearer tokens are checked.
@@ -86,10 +120,19 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.StringVar(&c.TokenURL, "smart-token-url", "", "the authorization server's token endpoint, advertised in /.well-known/smart-configuration")
 	fs.StringVar(&c.PolicyDir, "policy-dir", "", "directory of Rego policies replacing the shipped ones; edits are picked up without a restart")
 	c.anchorFlags.register(fs)
-	if err := envFlags(fs); err != nil {
+	fs.DurationVar(&c.AnchorMaxLag, "anchor-max-lag", time.Minute, "/readyz reports \"degraded\" when leaves have waited this long for an anchor")
+	c.httpFlags.register(fs)
+	fs.StringVar(&c.ConfigFile, "config", "", "YAML file of settings: flag names as keys (flags and FHIRGATE_* variables override it)")
+	fs.BoolVar(&c.PrintConfig, "print-config", false, "print the effective configuration as YAML (secrets redacted) and exit")
+	sources, err := parseLayered(fs, args, &c.ConfigFile)
+	if err != nil {
 		return c, err
 	}
-	return c, fs.Parse(args)
+	c.fs, c.sources = fs, sources
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return c, errors.New("--tls-cert and --tls-key go together")
+	}
+	return c, nil
 }
 
 func newLogger(format, level string) (*slog.Logger, error) {
@@ -116,7 +159,11 @@ func serve(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if cfg.PrintConfig {
+		return writeConfigYAML(os.Stdout, cfg.fs, cfg.sources)
+	}
 	slog.SetDefault(log)
+	log.Info("effective configuration (secrets redacted)", anyAttrs(effectiveConfig(cfg.fs, cfg.sources))...)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -185,20 +232,40 @@ func serve(ctx context.Context, args []string) error {
 	gw = gateway.New(gcfg)
 	// Runs before the store closes: pending notifications stop first.
 	defer gw.Close()
+	srv := &http.Server{
+		Handler:           gw,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		ReadTimeout:       cfg.ReadTimeout,
+		WriteTimeout:      cfg.WriteTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    cfg.MaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	scheme := "http"
+	if cfg.TLSCert != "" {
+		certs, err := newCertReloader(cfg.TLSCert, cfg.TLSKey, log)
+		if err != nil {
+			return err
+		}
+		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}
+		scheme = "https"
+	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{
-		Handler:           gw,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       2 * time.Minute,
-		IdleTimeout:       2 * time.Minute,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	if cfg.MaxConns > 0 {
+		ln = netutil.LimitListener(ln, cfg.MaxConns)
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
-	log.Info("fhirgate serving", slog.String("addr", ln.Addr().String()), slog.String("fhir_base", "http://"+ln.Addr().String()+"/fhir"))
+	go func() {
+		if srv.TLSConfig != nil {
+			errc <- srv.ServeTLS(ln, "", "")
+			return
+		}
+		errc <- srv.Serve(ln)
+	}()
+	log.Info("fhirgate serving", slog.String("addr", ln.Addr().String()), slog.String("fhir_base", scheme+"://"+ln.Addr().String()+"/fhir"))
 	select {
 	case err := <-errc:
 		return err
@@ -220,11 +287,24 @@ func serve(ctx context.Context, args []string) error {
 func healthcheck(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("healthcheck", flag.ContinueOnError)
 	u := fs.String("url", "http://127.0.0.1:8080/healthz", "health URL to probe")
+	caFile := fs.String("ca-file", "", "PEM certificates to trust for an https --url (default: the system's)")
 	if err := envFlags(fs); err != nil {
 		return err
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	client := http.DefaultClient
+	if *caFile != "" {
+		pem, err := os.ReadFile(*caFile)
+		if err != nil {
+			return err
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--ca-file %s: no PEM certificate", *caFile)
+		}
+		client = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}}}
 	}
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
@@ -232,7 +312,7 @@ func healthcheck(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}
