@@ -36,6 +36,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net"
@@ -98,6 +99,8 @@ type config struct {
 	BookingDays   int
 	// TxEntries is the size of the transaction workload's Bundles.
 	TxEntries int
+	// CPU names processes whose CPU time is measured over the run.
+	CPU cpuFlag
 }
 
 func parseFlags(args []string, stderr io.Writer) (config, error) {
@@ -119,6 +122,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.Practitioners, "practitioners", 100, "book: number of practitioners the Appointments are spread over")
 	fs.IntVar(&cfg.TxEntries, "tx-entries", 100, "transaction: entries per transaction Bundle (half Patients, half Observations referring to them by urn:uuid)")
 	fs.IntVar(&cfg.BookingDays, "booking-days", 5, "book: number of days (from 2031-01-06, 08:00-18:00 UTC) the Appointments are spread over")
+	fs.Var(&cfg.CPU, "cpu-pid", "name=PID of a process (the gateway, redis-server) whose CPU time over the measured window is reported, per request too (Linux /proc; repeatable)")
 	if err := fs.Parse(args); err != nil {
 		return cfg, err
 	}
@@ -380,20 +384,21 @@ func percentile(sorted []time.Duration, p float64) time.Duration {
 
 // Result is the outcome of a run.
 type Result struct {
-	BaseURL       string           `json:"base_url"`
-	Workload      string           `json:"workload"`
-	Concurrency   int              `json:"concurrency"`
-	DurationSec   float64          `json:"duration_s"`
-	TotalRequests int64            `json:"total_requests"`
-	RPS           float64          `json:"req_per_s"`
-	LatencyMs     Latency          `json:"latency_ms"`
-	Ops           map[string]int64 `json:"ops"`
-	Booked        int64            `json:"booked"`  // 2xx answers to book requests
-	Refused       int64            `json:"refused"` // 409 answers to book requests: not errors
-	ErrorCount    int64            `json:"error_count"`
-	Errors        map[string]int64 `json:"errors"`
-	Seeded        int              `json:"seeded"`
-	Interrupted   bool             `json:"interrupted"`
+	BaseURL       string            `json:"base_url"`
+	Workload      string            `json:"workload"`
+	Concurrency   int               `json:"concurrency"`
+	DurationSec   float64           `json:"duration_s"`
+	TotalRequests int64             `json:"total_requests"`
+	RPS           float64           `json:"req_per_s"`
+	LatencyMs     Latency           `json:"latency_ms"`
+	Ops           map[string]int64  `json:"ops"`
+	Booked        int64             `json:"booked"`  // 2xx answers to book requests
+	Refused       int64             `json:"refused"` // 409 answers to book requests: not errors
+	ErrorCount    int64             `json:"error_count"`
+	Errors        map[string]int64  `json:"errors"`
+	Seeded        int               `json:"seeded"`
+	Interrupted   bool              `json:"interrupted"`
+	CPU           map[string]CPUUse `json:"cpu,omitempty"`
 }
 
 // Latency holds latency statistics in milliseconds rounded to 2 decimals.
@@ -542,6 +547,10 @@ func writeText(w io.Writer, r Result) {
 	}
 	fmt.Fprintf(w, "  latency (ms): p50 %.2f  p95 %.2f  p99 %.2f  max %.2f\n",
 		r.LatencyMs.P50, r.LatencyMs.P95, r.LatencyMs.P99, r.LatencyMs.Max)
+	for _, name := range slices.Sorted(maps.Keys(r.CPU)) {
+		u := r.CPU[name]
+		fmt.Fprintf(w, "  cpu %-9s %.2fs (%.2f cores), %.3f ms/request\n", name+":", u.Seconds, u.Cores, u.PerRequestMs)
+	}
 	fmt.Fprintf(w, "  errors:       %d", r.ErrorCount)
 	if r.ErrorCount > 0 {
 		var parts []string
@@ -941,12 +950,39 @@ func (b *bench) load(parent context.Context, log io.Writer) (Result, error) {
 			}
 		})
 	}
+	// The CPU of --cpu-pid processes is sampled when measuring starts and
+	// when the workers are done.
+	var cpuBefore map[string]time.Duration
+	var cpuErr error
+	cpuTaken := make(chan struct{})
+	if len(cfg.CPU) > 0 {
+		go func() {
+			defer close(cpuTaken)
+			select {
+			case <-time.After(time.Until(measureStart)):
+			case <-ctx.Done():
+			}
+			cpuBefore, cpuErr = cpuSample(cfg.CPU)
+		}()
+	} else {
+		close(cpuTaken)
+	}
 	wg.Wait()
 	end := time.Now()
+	<-cpuTaken
 
 	elapsed := min(end.Sub(measureStart), cfg.Duration)
 	elapsed = max(elapsed, 0)
 	res := summarize(stats, elapsed)
+	if len(cfg.CPU) > 0 && cpuErr == nil {
+		var after map[string]time.Duration
+		if after, cpuErr = cpuSample(cfg.CPU); cpuErr == nil {
+			res.CPU = cpuUse(cpuBefore, after, max(end.Sub(measureStart), 0), res.TotalRequests)
+		}
+	}
+	if cpuErr != nil {
+		return res, cpuErr
+	}
 	res.BaseURL = cfg.BaseURL
 	res.Workload = cfg.Workload
 	res.Concurrency = cfg.Concurrency

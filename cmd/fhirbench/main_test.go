@@ -471,6 +471,7 @@ func TestE2ECreate(t *testing.T) {
 	cfg := testConfig(srv, "create")
 	cfg.Requests = 100
 	cfg.Token = "s3cret"
+	cfg.CPU = cpuFlag{{Name: "self", PID: os.Getpid()}} // the fake server runs in this process
 	res, err := run(context.Background(), cfg, io.Discard)
 	if err != nil {
 		t.Fatal(err)
@@ -489,6 +490,14 @@ func TestE2ECreate(t *testing.T) {
 	}
 	if res.RPS <= 0 || res.LatencyMs.Max <= 0 || res.LatencyMs.P50 > res.LatencyMs.P99 {
 		t.Errorf("stats = rps %v latency %+v", res.RPS, res.LatencyMs)
+	}
+	if u, ok := res.CPU["self"]; !ok || u.Seconds < 0 || u.PerRequestMs != 1000*u.Seconds/100 {
+		t.Errorf("cpu = %+v", res.CPU)
+	}
+	var out strings.Builder
+	writeText(&out, res)
+	if !strings.Contains(out.String(), "cpu self:") {
+		t.Errorf("text output lacks the CPU line:\n%s", out.String())
 	}
 }
 
@@ -705,5 +714,39 @@ func TestRealMainOutput(t *testing.T) {
 
 	if code := realMain([]string{"--workload", "nope"}, &stdout, &stderr); code != 2 {
 		t.Errorf("bad flag exit code = %d, want 2", code)
+	}
+}
+
+// --cpu-pid reports the CPU a process spent in the measured window: this
+// process burns CPU while a stub server answers, and the figure must show it.
+func TestCPUPid(t *testing.T) {
+	var f cpuFlag
+	for _, bad := range []string{"gw", "gw=", "=12", "gw=x", "gw=-1"} {
+		if f.Set(bad) == nil {
+			t.Errorf("--cpu-pid %q accepted", bad)
+		}
+	}
+	before, err := cpuTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(300 * time.Millisecond)
+	x := 0
+	for time.Now().Before(deadline) {
+		x++
+	}
+	after, err := cpuTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := after - before; d < 100*time.Millisecond {
+		t.Errorf("300 ms of busy loop measured as %s of CPU", d)
+	}
+	u := cpuUse(map[string]time.Duration{"gw": time.Second}, map[string]time.Duration{"gw": 3 * time.Second}, 4*time.Second, 1000)
+	if g := u["gw"]; g.Seconds != 2 || g.Cores != 0.5 || g.PerRequestMs != 2 {
+		t.Errorf("cpuUse = %+v", g)
+	}
+	if _, err := cpuTime(1 << 30); err == nil {
+		t.Error("a missing process was read")
 	}
 }
