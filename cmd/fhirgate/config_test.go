@@ -100,6 +100,11 @@ func TestServeConfigFileErrors(t *testing.T) {
 	if _, err := parseServe([]string{"--tls-cert", "c.pem"}); err == nil {
 		t.Error("--tls-cert without --tls-key was accepted")
 	}
+	for _, addr := range []string{"0.0.0.0:6060", ":6060", "10.1.2.3:6060", "example.com:6060"} {
+		if _, err := parseServe([]string{"--pprof-addr", addr}); err == nil {
+			t.Errorf("--pprof-addr %s (not loopback) was accepted", addr)
+		}
+	}
 	if _, err := parseServe([]string{"stray"}); err == nil {
 		t.Error("a stray argument was accepted")
 	}
@@ -314,9 +319,9 @@ func TestServeTLS(t *testing.T) {
 // open, a third client waits until one closes.
 func TestServeMaxConns(t *testing.T) {
 	dir := t.TempDir()
-	addr := freeAddr(t)
+	addr, pprofAddr := freeAddr(t), freeAddr(t)
 	startServe(t, "--addr", addr, "--data-dir", filepath.Join(dir, "data"), "--anchor=false", "--log-level", "error",
-		"--max-conns", "2", "--read-header-timeout", "30s")
+		"--max-conns", "2", "--read-header-timeout", "30s", "--pprof-addr", pprofAddr)
 	waitFor(t, func() (*http.Response, error) {
 		c := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 		return c.Get("http://" + addr + "/healthz")
@@ -345,6 +350,14 @@ func TestServeMaxConns(t *testing.T) {
 	time.Sleep(200 * time.Millisecond) // both accepted
 	if err := get(time.Second); err == nil {
 		t.Fatal("a third connection was served while --max-conns 2 were held")
+	}
+	// The pprof listener is apart from the limit: it answers while the
+	// API's connections are all held.
+	resp, err := http.Get("http://" + pprofAddr + "/debug/pprof/cmdline")
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("pprof: %v %v", err, resp)
+	} else {
+		resp.Body.Close()
 	}
 	held[0].Close()
 	if err := get(10 * time.Second); err != nil {

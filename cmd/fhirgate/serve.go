@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -45,6 +46,7 @@ type serveConfig struct {
 	anchorFlags
 	AnchorMaxLag time.Duration
 
+	PprofAddr   string
 	ConfigFile  string
 	PrintConfig bool
 	fs          *flag.FlagSet
@@ -122,6 +124,7 @@ func parseServe(args []string) (serveConfig, error) {
 	c.anchorFlags.register(fs)
 	fs.DurationVar(&c.AnchorMaxLag, "anchor-max-lag", time.Minute, "/readyz reports \"degraded\" when leaves have waited this long for an anchor")
 	c.httpFlags.register(fs)
+	fs.StringVar(&c.PprofAddr, "pprof-addr", "", "serve Go's net/http/pprof profiles on this loopback host:port (off by default)")
 	fs.StringVar(&c.ConfigFile, "config", "", "YAML file of settings: flag names as keys (flags and FHIRGATE_* variables override it)")
 	fs.BoolVar(&c.PrintConfig, "print-config", false, "print the effective configuration as YAML (secrets redacted) and exit")
 	sources, err := parseLayered(fs, args, &c.ConfigFile)
@@ -131,6 +134,12 @@ func parseServe(args []string) (serveConfig, error) {
 	c.fs, c.sources = fs, sources
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return c, errors.New("--tls-cert and --tls-key go together")
+	}
+	if c.PprofAddr != "" {
+		host, _, err := net.SplitHostPort(c.PprofAddr)
+		if ip := net.ParseIP(host); err != nil || host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return c, fmt.Errorf("--pprof-addr %q: profiles are served on a loopback address only", c.PprofAddr)
+		}
 	}
 	return c, nil
 }
@@ -257,6 +266,13 @@ func serve(ctx context.Context, args []string) error {
 	if cfg.MaxConns > 0 {
 		ln = netutil.LimitListener(ln, cfg.MaxConns)
 	}
+	if cfg.PprofAddr != "" {
+		stopPprof, err := servePprof(cfg.PprofAddr, log)
+		if err != nil {
+			return err
+		}
+		defer stopPprof()
+	}
 	errc := make(chan error, 1)
 	go func() {
 		if srv.TLSConfig != nil {
@@ -352,4 +368,23 @@ func openAuth(ctx context.Context, dataDir string, c authFlags, log *slog.Logger
 	smart.Issuer, smart.JWKS = iss, key.PublicJWKS()
 	v, err := auth.NewVerifier(ctx, auth.Config{JWKS: key.PublicJWKS(), Issuer: iss, Audience: aud})
 	return v, smart, err
+}
+
+// servePprof serves net/http/pprof's profiles on addr (a loopback
+// address) until the returned func is called.
+func servePprof(addr string, log *slog.Logger) (func(), error) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--pprof-addr: %w", err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	log.Info("pprof profiles served", slog.String("url", "http://"+ln.Addr().String()+"/debug/pprof/"))
+	return func() { srv.Close() }, nil
 }
