@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -110,7 +112,7 @@ func (a *Anchorer) Run(ctx context.Context) {
 		a.mu.Unlock()
 		switch {
 		case err != nil && ctx.Err() == nil:
-			a.log.ErrorContext(ctx, "anchoring failed; retrying", "err", err)
+			a.log.ErrorContext(ctx, "anchoring failed; retrying", "err", logSafe(err))
 			backoff = min(2*backoff, 30*time.Second)
 			continue
 		case anchored:
@@ -216,8 +218,16 @@ func (a *Anchorer) recover(ctx context.Context, treeSize int64, root [32]byte, s
 	return a.record(ctx, anc)
 }
 
+// Recorded is an anchor as it is recorded in Storage: the Anchor, and
+// when it was recorded (zero in records written before the time was
+// kept). It decodes as an Anchor too: the time is one more member.
+type Recorded struct {
+	Anchor
+	RecordedAt time.Time `json:"recordedAt,omitzero"`
+}
+
 func (a *Anchorer) record(ctx context.Context, anc Anchor) error {
-	b, err := json.Marshal(anc)
+	b, err := json.Marshal(Recorded{Anchor: anc, RecordedAt: time.Now().UTC()})
 	if err != nil {
 		return err
 	}
@@ -236,4 +246,22 @@ func latestRecorded(ctx context.Context, st Storage) (int64, error) {
 		return 0, nil
 	}
 	return n, err
+}
+
+// logSafe returns err's text with the URLs of the HTTP calls in it cut
+// down to scheme and host: a node's URL often carries an API key in its
+// path or query (https://mainnet.example/v3/KEY), or a password.
+func logSafe(err error) string {
+	msg := err.Error()
+	for e := err; e != nil; {
+		var ue *url.Error
+		if !errors.As(e, &ue) {
+			break
+		}
+		if u, perr := url.Parse(ue.URL); perr == nil && ue.URL != "" {
+			msg = strings.ReplaceAll(msg, ue.URL, u.Scheme+"://"+u.Host+"/…")
+		}
+		e = ue.Err
+	}
+	return msg
 }

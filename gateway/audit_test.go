@@ -295,7 +295,7 @@ func TestDecisionMetrics(t *testing.T) {
 		`fhirgate_policy_decisions_total{result="deny"}`,
 		`fhirgate_policy_decisions_total{result="break_glass"}`,
 		`fhirgate_policy_decision_seconds_count`,
-		`fhirgate_http_request_duration_seconds_bucket{code="403",method="GET",route="read"`,
+		`fhirgate_requests_total{code="403",interaction="read",type="Observation"}`,
 	} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics lacks %s", want)

@@ -30,8 +30,10 @@ const (
 	DefaultMaxBundleBody = 256 << 20
 	// DefaultExportTTL is how long $export output is kept by default.
 	DefaultExportTTL = time.Hour
-	defaultCount     = 50
-	maxCount         = 1000
+	// DefaultAnchorMaxLag is the default Config.AnchorMaxLag.
+	DefaultAnchorMaxLag = time.Minute
+	defaultCount        = 50
+	maxCount            = 1000
 )
 
 // Config configures a Server.
@@ -97,6 +99,19 @@ type Config struct {
 	// attempt, doubling after each further one (default
 	// DefaultSubscriptionBackoff).
 	SubscriptionBackoff time.Duration
+
+	// Anchor, the Anchorer of this process (nil: anchoring is off), is
+	// asked whether this process holds the anchoring lease and how its
+	// last step went, for /readyz and /metrics; the lag itself is read
+	// from Log's storage, which every gateway process shares.
+	Anchor *anchor.Anchorer
+	// AnchorMaxLag is how long a leaf may wait for its anchor before
+	// /readyz says degraded (default DefaultAnchorMaxLag).
+	AnchorMaxLag time.Duration
+	// Metrics are the Prometheus metrics /metrics serves. Nil: New makes
+	// them. Give them when something made before the Server reports to
+	// them: anchor.ObserveChain(chain, metrics.ObserveChainCall).
+	Metrics *Metrics
 }
 
 // Server serves the FHIR REST API.
@@ -109,7 +124,8 @@ type Server struct {
 	router *mux.Router
 	// capa is the CapabilityStatement's rest.resource list, built once.
 	capa     []capabilityResource
-	metrics  *metrics
+	metrics  *Metrics
+	lag      lagCache
 	consents *consentSync
 	tokens   tokenCache
 	// prepare checks, and may change, a resource of its type a client
@@ -154,11 +170,25 @@ func New(cfg Config) *Server {
 	if s.cfg.SubscriptionBackoff <= 0 {
 		s.cfg.SubscriptionBackoff = DefaultSubscriptionBackoff
 	}
+	if s.cfg.AnchorMaxLag <= 0 {
+		s.cfg.AnchorMaxLag = DefaultAnchorMaxLag
+	}
 	if ks, ok := s.store.(interface{ Keys() *keys.Manager }); ok && s.cfg.Keys == nil {
 		s.cfg.Keys = ks.Keys()
 	}
 	s.capa = capabilityResources(s.params)
-	s.metrics = newMetrics()
+	s.metrics = cfg.Metrics
+	if s.metrics == nil {
+		s.metrics = NewMetrics()
+	}
+	if s.metrics.used.Swap(true) {
+		panic("gateway: Config.Metrics already serves another Server")
+	}
+	if s.cfg.Log != nil {
+		s.metrics.reg.MustRegister(anchorCollector{s})
+	}
+	// Every store call the gateway makes is timed here, at one seam.
+	s.store = observeStore(s.store, s.metrics)
 	s.consents = &consentSync{s: s}
 	s.hooks = map[string]commitHook{"Appointment": s.bookAppointment, "Slot": s.guardSlot, "Subscription": s.ownSubscription}
 	s.prepare = map[string]func(*http.Request, *fhir.Resource) error{"Subscription": s.prepareSubscription}
@@ -177,7 +207,11 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request) error
 // back until the request's AuditEvents are stored.
 func (s *Server) wrap(h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if a := accessFrom(r.Context()); a != nil {
+		a := accessFrom(r.Context())
+		if ri := requestInfoFrom(r.Context()); ri != nil && ri.access == nil {
+			ri.access = a // a Bundle's handler names its interaction there
+		}
+		if a != nil {
 			s.respondAudited(w, r, a, func(w http.ResponseWriter) error { return h(w, r) })
 			return
 		}
@@ -286,9 +320,16 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w}
+		// A batch's entries run through the router as requests of their
+		// own, inside the batch's: only the outermost is counted.
+		var ri *requestInfo
+		if requestInfoFrom(r.Context()) == nil {
+			ri = &requestInfo{}
+			r = r.WithContext(context.WithValue(r.Context(), requestInfoKey{}, ri))
+		}
 		next.ServeHTTP(sw, r)
 		took := time.Since(start)
-		s.metrics.observeRequest(routeName(r), r.Method, sw.status, took)
+		s.metrics.observeRequest(r, ri, sw.status, took)
 		level := slog.LevelDebug
 		if sw.status >= 500 {
 			level = slog.LevelWarn
@@ -358,15 +399,76 @@ func acceptsJSON(accept string) bool {
 	return false
 }
 
+// Readiness is the /readyz answer. It names no resource and no error
+// text: /readyz needs no token.
+type Readiness struct {
+	// Status is ready, degraded (anchoring lags: still 200, writes go on
+	// while the chain is down) or unavailable (the store does not answer:
+	// 503).
+	Status    string             `json:"status"`
+	Store     StoreReadiness     `json:"store"`
+	Anchoring AnchoringReadiness `json:"anchoring"`
+}
+
+// StoreReadiness says whether the store answered.
+type StoreReadiness struct {
+	OK bool `json:"ok"`
+}
+
+// AnchoringReadiness is the transparency log's anchoring lag, read from
+// the shared store (0 sizes when it could not be read).
+type AnchoringReadiness struct {
+	// Enabled: this process runs an Anchorer.
+	Enabled          bool  `json:"enabled"`
+	TreeSize         int64 `json:"tree_size"`
+	AnchoredSize     int64 `json:"anchored_size"`
+	UnanchoredLeaves int64 `json:"unanchored_leaves"`
+	// SecondsSinceLastAnchor is absent when no anchor is recorded (or it
+	// was recorded before records kept their time).
+	SecondsSinceLastAnchor *float64 `json:"seconds_since_last_anchor,omitempty"`
+	// OldestUnanchoredSeconds is how long the first leaf not anchored
+	// has waited (absent when every leaf is anchored).
+	OldestUnanchoredSeconds *float64 `json:"oldest_unanchored_seconds,omitempty"`
+	// Lagging: anchoring is enabled and the oldest unanchored leaf has
+	// waited longer than Config.AnchorMaxLag.
+	Lagging bool `json:"lagging"`
+	// LastError says where this process's last anchoring step failed,
+	// when it holds the anchoring lease.
+	LastError string `json:"last_error,omitempty"`
+}
+
+// readyz answers 200 while the store answers (status ready, or degraded
+// when anchoring lags), 503 when it does not.
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) error {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
+	out := Readiness{Status: "ready", Store: StoreReadiness{OK: true}}
+	out.Anchoring.Enabled = s.cfg.Anchor != nil
 	if err := s.store.Ping(ctx); err != nil {
 		s.log.WarnContext(ctx, "readiness check failed", slog.Any("error", err))
-		return httpErr(http.StatusServiceUnavailable, fhir.CodeTransient, "store unavailable")
+		out.Status, out.Store.OK = "unavailable", false
+		return writeJSON(w, http.StatusServiceUnavailable, out)
 	}
-	w.Write([]byte("ready\n"))
-	return nil
+	if s.cfg.Log != nil {
+		if lag, err := s.anchorLag(ctx); err != nil {
+			s.log.WarnContext(ctx, "readiness: anchoring lag unavailable", slog.Any("error", err))
+		} else {
+			v := s.anchorView(lag)
+			a := &out.Anchoring
+			a.TreeSize, a.AnchoredSize, a.UnanchoredLeaves, a.Lagging = lag.Size, lag.AnchoredSize, lag.Unanchored(), v.lagging
+			if v.sinceLast >= 0 {
+				a.SecondsSinceLastAnchor = &v.sinceLast
+			}
+			if lag.Unanchored() > 0 {
+				a.OldestUnanchoredSeconds = &v.oldest
+			}
+		}
+	}
+	out.Anchoring.LastError = s.lastAnchorError()
+	if out.Anchoring.Lagging {
+		out.Status = "degraded"
+	}
+	return writeJSON(w, http.StatusOK, out)
 }
 
 // base returns the absolute FHIR base URL for links in responses.

@@ -681,6 +681,7 @@ func (m *subscriptions) enqueue(d delivery) {
 	}
 	if len(w.queue) >= subDeliveryQueue {
 		m.s.log.Warn("subscriptions: delivery queue full; a notification is dropped", slog.String("subscription", d.sub.id))
+		m.s.metrics.observeNotification("dropped")
 		return
 	}
 	w.queue = append(w.queue, d)
@@ -722,13 +723,19 @@ func (m *subscriptions) deliver(ctx context.Context, d delivery) {
 	backoff := m.s.cfg.SubscriptionBackoff
 	for attempt := 1; ; attempt++ {
 		reason := m.post(ctx, d)
-		if reason == "" || ctx.Err() != nil {
+		if reason == "" {
+			m.s.metrics.observeNotification("delivered")
+			return
+		}
+		if ctx.Err() != nil {
 			return
 		}
 		if attempt >= m.s.cfg.SubscriptionRetries {
+			m.s.metrics.observeNotification("failed")
 			m.fail(ctx, d, reason)
 			return
 		}
+		m.s.metrics.observeNotification("retried")
 		m.s.log.WarnContext(ctx, "subscriptions: notification failed; retrying", slog.String("subscription", d.sub.id), slog.Int("attempt", attempt), slog.String("reason", reason))
 		if !sleep(ctx, backoff) {
 			return

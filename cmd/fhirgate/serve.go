@@ -204,6 +204,8 @@ func serve(ctx context.Context, args []string) error {
 		return errors.New("the store keeps no transparency log")
 	}
 	merkleLog := anchor.NewLog(logStore)
+	metrics := gateway.NewMetrics()
+	var anchorer *anchor.Anchorer
 	if cfg.Enabled {
 		chain, closeChain, err := openChain(ctx, cfg.chainFlags, cfg.DataDir, log)
 		if err != nil {
@@ -211,8 +213,8 @@ func serve(ctx context.Context, args []string) error {
 		}
 		defer closeChain()
 		actx, stopAnchoring := context.WithCancel(ctx)
-		anchorer := anchor.NewAnchorer(anchor.AnchorerConfig{
-			Log: merkleLog, Chain: chain, Interval: cfg.Interval, Batch: cfg.Batch, Holder: holderID(), Logger: log,
+		anchorer = anchor.NewAnchorer(anchor.AnchorerConfig{
+			Log: merkleLog, Chain: anchor.ObserveChain(chain, metrics.ObserveChainCall), Interval: cfg.Interval, Batch: cfg.Batch, Holder: holderID(), Logger: log,
 		})
 		done := make(chan struct{})
 		go func() { anchorer.Run(actx); close(done) }()
@@ -232,6 +234,7 @@ func serve(ctx context.Context, args []string) error {
 		MaxBundleEntries: cfg.MaxBundleEntries, MaxBundleBody: cfg.MaxBundleBody, ExportDir: exportDir,
 		EnforceReferences: cfg.EnforceReferences, Logger: log, Version: version,
 		Auth: verifier, Policy: engine, SMART: smart, Log: merkleLog,
+		Anchor: anchorer, AnchorMaxLag: cfg.AnchorMaxLag, Metrics: metrics,
 	}
 	// On Redis, Subscription messages reach the other gateway processes
 	// (the embedded store has one process: the default local bus).
