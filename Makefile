@@ -9,7 +9,7 @@ BIN   := bin/fhirgate
 ADDR  ?= 127.0.0.1:8080
 DATA  ?= ./data
 
-.PHONY: all build run test deps vet unit policy-test conformance bench bench-parse docker clean geth contracts solc
+.PHONY: all build run test deps vet unit policy-test conformance bench bench-parse docker clean geth contracts solc test-faults
 
 all: build
 
@@ -50,6 +50,14 @@ conformance: build
 	bash conformance/run.sh $(BIN)
 
 test: deps geth solc vet unit policy-test conformance
+
+# test-faults runs the fault tests of conformance/faults (build tag
+# faults) against real processes: the gateway killed -9 under load on
+# bbolt and on Redis, Redis stopped, the chain node (bin/geth) stopped,
+# slow and oversized clients. They need redis-server (make deps); under
+# CI=true a missing one fails them. -v: they log their figures.
+test-faults: build geth
+	FHIRGATE_BIN=$(CURDIR)/$(BIN) GETH=$(CURDIR)/bin/geth $(GO) test -tags faults -count=1 -v -timeout 20m ./conformance/faults/
 
 bench-parse:
 	$(GO) test -run '^$$' -bench . -benchmem ./fhir/ ./gateway/

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -74,7 +75,9 @@ func (s *Server) respondAudited(w http.ResponseWriter, r *http.Request, a *acces
 		s.metrics.auditFailures.Inc()
 		s.log.ErrorContext(r.Context(), "audit failed; response withheld", slog.String("route", routeName(r)), slog.Any("error", err))
 		clear(w.Header())
-		s.writeError(w, r, errAuditFailed)
+		// An unavailable store answers 503 (retry later), like the request
+		// itself would have; any other failure stays a 500.
+		s.writeError(w, r, fmt.Errorf("%w: %w", errAuditFailed, err))
 		return
 	}
 	hw.flush()

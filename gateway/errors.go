@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 
 	"github.com/fhirgate/fhirgate/fhir"
@@ -33,6 +34,10 @@ func httpErr(status int, code fhir.IssueCode, msg string) *HTTPError {
 // errGone marks a read of a deleted resource.
 var errGone = errors.New("resource deleted")
 
+// retryAfterUnavailable is the Retry-After (seconds) of a 503 answered
+// while the store is unreachable.
+const retryAfterUnavailable = "5"
+
 // statusClientClosed is the status logged when the client hung up (nginx's 499).
 const statusClientClosed = 499
 
@@ -49,6 +54,14 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		mbe    *http.MaxBytesError
 	)
 	switch {
+	case errors.Is(err, store.ErrUnavailable):
+		// The store is down or restarting, whatever the step that found
+		// it (an error naming that step may wrap it): the client may retry
+		// later. The error names the operation and an address, no PHI.
+		s.log.WarnContext(ctx, "store unavailable", slog.String("route", routeName(r)), slog.Any("error", err))
+		w.Header().Set("Retry-After", retryAfterUnavailable)
+		status = http.StatusServiceUnavailable
+		issues = []fhir.Issue{{Severity: fhir.SeverityError, Code: fhir.CodeTransient, Details: "the data store is temporarily unavailable; retry later"}}
 	case errors.As(err, &fe):
 		status, issues = fe.Status, fe.Issues
 		if status == 0 {
@@ -63,6 +76,12 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	case errors.As(err, &mbe):
 		status = http.StatusRequestEntityTooLarge
 		issues = []fhir.Issue{{Severity: fhir.SeverityError, Code: fhir.CodeTooLong, Details: "request body exceeds " + strconv.FormatInt(mbe.Limit, 10) + " bytes"}}
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// Reading the request body hit the server's read timeout
+		// (serve --read-timeout): the client sent it too slowly. (The
+		// store's own timeouts are ErrUnavailable, above.)
+		status = http.StatusRequestTimeout
+		issues = []fhir.Issue{{Severity: fhir.SeverityError, Code: fhir.IssueCode("timeout"), Details: "the request was not received in time"}}
 	case errors.Is(err, store.ErrErased):
 		status = http.StatusGone
 		issues = []fhir.Issue{{Severity: fhir.SeverityError, Code: fhir.CodeDeleted, Details: "the resource, or the patient compartment it belongs to, has been erased"}}

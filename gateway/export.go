@@ -1137,7 +1137,7 @@ func (s *Server) unheld(w http.ResponseWriter, r *http.Request, status int) (htt
 		if err := s.audit(r.WithContext(ctx), a, status); err != nil {
 			s.metrics.auditFailures.Inc()
 			s.log.ErrorContext(r.Context(), "audit failed; response withheld", slog.String("route", routeName(r)), slog.Any("error", err))
-			return nil, errAuditFailed
+			return nil, fmt.Errorf("%w: %w", errAuditFailed, err)
 		}
 		a.audited = true
 	}

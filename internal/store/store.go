@@ -29,6 +29,11 @@ var (
 	// ErrErased: the resource was erased (crypto-shredded); none of its
 	// versions can be read or written again.
 	ErrErased = errors.New("erased")
+	// ErrUnavailable: the backend could not be reached or cannot serve
+	// now (connection refused or broken, timed out, still loading its
+	// data). The operation may or may not have taken effect; it is worth
+	// retrying later.
+	ErrUnavailable = errors.New("store unavailable")
 )
 
 // Key names a resource.

@@ -2,7 +2,6 @@ package redisstore
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/fhirgate/fhirgate/internal/store"
 )
@@ -16,7 +15,7 @@ func (s *Store) busChannel(topic string) string { return s.prefix + ":bus:" + to
 // Publish implements store.Bus.
 func (s *Store) Publish(ctx context.Context, topic string, msg []byte) error {
 	if err := s.rdb.Publish(ctx, s.busChannel(topic), msg).Err(); err != nil {
-		return fmt.Errorf("redisstore: publish: %w", err)
+		return fail("publish", err)
 	}
 	return nil
 }
@@ -28,7 +27,7 @@ func (s *Store) Subscribe(ctx context.Context, topic string, fn func(msg []byte)
 	ps := s.rdb.Subscribe(ctx, s.busChannel(topic))
 	if _, err := ps.Receive(ctx); err != nil {
 		ps.Close()
-		return fmt.Errorf("redisstore: subscribe: %w", err)
+		return fail("subscribe", err)
 	}
 	ch := ps.Channel()
 	go func() {

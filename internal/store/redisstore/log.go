@@ -27,7 +27,7 @@ func (s *Store) counter(ctx context.Context, k string) (int64, error) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("redisstore: log: %w", err)
+		return 0, fail("log", err)
 	}
 	return n, nil
 }
@@ -49,7 +49,7 @@ func (s *Store) Leaves(ctx context.Context, from, to int64) ([][]byte, error) {
 		}
 		vals, err := s.rdb.HMGet(ctx, s.logKey("l"), fields...).Result()
 		if err != nil {
-			return nil, fmt.Errorf("redisstore: leaves: %w", err)
+			return nil, fail("leaves", err)
 		}
 		for i, v := range vals {
 			str, ok := v.(string)
@@ -75,7 +75,7 @@ func (s *Store) ReadHashes(ctx context.Context, indexes []int64) ([][32]byte, er
 		cmds[i] = pipe.GetRange(ctx, k, off, off+31)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, fmt.Errorf("redisstore: read hashes: %w", err)
+		return nil, fail("read hashes", err)
 	}
 	out := make([][32]byte, len(indexes))
 	for i, c := range cmds {
@@ -113,7 +113,7 @@ func (s *Store) WriteHashes(ctx context.Context, start int64, hashes [][32]byte,
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("redisstore: write hashes: %w", err)
+		return fail("write hashes", err)
 	}
 	return nil
 }
@@ -128,7 +128,7 @@ func (s *Store) PutAnchor(ctx context.Context, treeSize int64, val []byte) error
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("redisstore: put anchor: %w", err)
+		return fail("put anchor", err)
 	}
 	return nil
 }
@@ -143,7 +143,7 @@ func (s *Store) anchorIn(ctx context.Context, min, max string, rev bool) (int64,
 		zs, err = s.rdb.ZRangeByScoreWithScores(ctx, s.logKey("a"), by).Result()
 	}
 	if err != nil {
-		return 0, nil, fmt.Errorf("redisstore: anchor: %w", err)
+		return 0, nil, fail("anchor", err)
 	}
 	if len(zs) == 0 {
 		return 0, nil, anchor.ErrNoAnchor
@@ -174,7 +174,7 @@ return 1
 func (s *Store) Lease(ctx context.Context, name, holder string, ttl time.Duration) (bool, error) {
 	ok, err := leaseScript.Run(ctx, s.rdb, []string{s.logKey("lease:" + name)}, holder, ttl.Milliseconds()).Bool()
 	if err != nil {
-		return false, fmt.Errorf("redisstore: lease: %w", err)
+		return false, fail("lease", err)
 	}
 	return ok, nil
 }

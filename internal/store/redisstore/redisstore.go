@@ -37,6 +37,11 @@
 //
 // The cost of one slot per type is that a type cannot be spread over
 // Cluster nodes; see docs in README.
+//
+// When Redis is down, restarting or failing over, operations fail within
+// a few seconds (the client limits in errors.go) with an error matching
+// store.ErrUnavailable; the client reconnects by itself once Redis is
+// back, and so does a Bus subscription.
 package redisstore
 
 import (
@@ -116,14 +121,14 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.URL != "" {
 		o, err := redis.ParseURL(cfg.URL)
 		if err != nil {
-			return nil, fmt.Errorf("redisstore: url: %w", err)
+			return nil, fail("url", err)
 		}
 		opts = &redis.UniversalOptions{
 			Addrs: []string{o.Addr}, Username: o.Username, Password: o.Password,
 			DB: o.DB, TLSConfig: o.TLSConfig,
 		}
 	}
-	opts.PoolSize = 64
+	options(opts)
 	rdb := redis.NewUniversalClient(opts)
 	s := &Store{rdb: rdb, prefix: cfg.Prefix}
 	if s.prefix == "" {
@@ -131,7 +136,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		rdb.Close()
-		return nil, fmt.Errorf("redisstore: ping: %w", err)
+		return nil, fail("ping", err)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -211,7 +216,7 @@ func (s *Store) Commit(ctx context.Context, c store.Commit) error {
 		cmds[i] = pipe.HMGet(ctx, s.resKey(w.Type, w.ID), curFields...)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
-		return fmt.Errorf("redisstore: read current: %w", err)
+		return fail("read current", err)
 	}
 	for i, cmd := range cmds {
 		var err error
@@ -245,7 +250,7 @@ func (s *Store) Commit(ctx context.Context, c store.Commit) error {
 	}
 	res, err := commitScript.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
-		return fmt.Errorf("redisstore: commit: %w", err)
+		return fail("commit", err)
 	}
 	reason, _ := res[0].(string)
 	if reason == "cell" {
@@ -311,7 +316,7 @@ func (s *Store) GetCell(ctx context.Context, id string) (store.Cell, error) {
 	c := store.Cell{ID: id}
 	vals, err := s.rdb.HMGet(ctx, s.cellKey(id), "v", "d").Result()
 	if err != nil {
-		return c, fmt.Errorf("redisstore: get cell: %w", err)
+		return c, fail("get cell", err)
 	}
 	v, ok := vals[0].(string)
 	if !ok {
@@ -333,7 +338,7 @@ func (s *Store) Get(ctx context.Context, k store.Key) (store.Record, error) {
 		return rec, store.ErrNotFound
 	}
 	if err != nil {
-		return rec, fmt.Errorf("redisstore: get: %w", err)
+		return rec, fail("get", err)
 	}
 	if reply == "erased" {
 		return rec, store.ErrErased
@@ -363,7 +368,7 @@ func (s *Store) GetVersion(ctx context.Context, k store.Key, v int64) (store.Rec
 	rec := store.Record{Type: k.Type, ID: k.ID, Version: v}
 	vals, err := s.rdb.HMGet(ctx, s.resKey(k.Type, k.ID), "v:"+strconv.FormatInt(v, 10), "erased").Result()
 	if err != nil {
-		return rec, fmt.Errorf("redisstore: get version: %w", err)
+		return rec, fail("get version", err)
 	}
 	b, ok := vals[0].(string)
 	switch {
@@ -406,7 +411,7 @@ func (s *Store) History(ctx context.Context, q store.HistoryQuery) ([]store.Reco
 	}
 	total, err := s.rdb.ZCount(ctx, hk, min, "+inf").Result()
 	if err != nil {
-		return nil, 0, fmt.Errorf("redisstore: history: %w", err)
+		return nil, 0, fail("history", err)
 	}
 	count := int64(q.Count)
 	if count == 0 {
@@ -414,7 +419,7 @@ func (s *Store) History(ctx context.Context, q store.HistoryQuery) ([]store.Reco
 	}
 	members, err := s.rdb.ZRevRangeByScore(ctx, hk, &redis.ZRangeBy{Min: min, Max: "+inf", Offset: int64(q.Offset), Count: count}).Result()
 	if err != nil {
-		return nil, 0, fmt.Errorf("redisstore: history: %w", err)
+		return nil, 0, fail("history", err)
 	}
 	out := make([]store.Record, 0, len(members))
 	for _, m := range members {
@@ -446,7 +451,7 @@ func (s *Store) Search(ctx context.Context, q store.Query) ([]string, error) {
 	if len(q.All) == 0 {
 		ids, err := s.rdb.SMembers(ctx, p+"ids").Result()
 		if err != nil {
-			return nil, fmt.Errorf("redisstore: search: %w", err)
+			return nil, fail("search", err)
 		}
 		sort.Strings(ids)
 		return ids, nil
@@ -463,7 +468,7 @@ func (s *Store) Search(ctx context.Context, q store.Query) ([]string, error) {
 		}
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
-		return nil, fmt.Errorf("redisstore: search: %w", err)
+		return nil, fail("search", err)
 	}
 	sets := make([]map[string]bool, len(q.All))
 	for i := range sets {
@@ -487,7 +492,7 @@ func (s *Store) Erase(ctx context.Context, k store.Key) error {
 	for {
 		cur, err := s.readCur(ctx, rk)
 		if err != nil {
-			return fmt.Errorf("redisstore: erase: %w", err)
+			return fail("erase", err)
 		}
 		tj, err := json.Marshal(termSpec(cur.terms))
 		if err != nil {
@@ -498,7 +503,7 @@ func (s *Store) Erase(ctx context.Context, k store.Key) error {
 			s.tp(k.Type), k.ID, cur.ver, tj,
 		).Text()
 		if err != nil {
-			return fmt.Errorf("redisstore: erase: %w", err)
+			return fail("erase", err)
 		}
 		if res != "conflict" {
 			return nil
@@ -513,7 +518,7 @@ func (s *Store) GetKey(ctx context.Context, id string) ([]byte, error) {
 		return nil, store.ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("redisstore: get key: %w", err)
+		return nil, fail("get key", err)
 	}
 	return b, nil
 }
@@ -526,7 +531,7 @@ func (s *Store) PutKey(ctx context.Context, id string, old, val []byte) error {
 	}
 	ok, err := putKeyScript.Run(ctx, s.rdb, []string{s.keysKey()}, id, hasOld, old, val).Bool()
 	if err != nil {
-		return fmt.Errorf("redisstore: put key: %w", err)
+		return fail("put key", err)
 	}
 	if !ok {
 		return store.ErrConflict
@@ -540,7 +545,7 @@ func (s *Store) ScanKeys(ctx context.Context, fn func(id string, val []byte) err
 	for {
 		kv, next, err := s.rdb.HScan(ctx, s.keysKey(), cursor, "", 256).Result()
 		if err != nil {
-			return fmt.Errorf("redisstore: scan keys: %w", err)
+			return fail("scan keys", err)
 		}
 		for i := 0; i+1 < len(kv); i += 2 {
 			if err := fn(kv[i], []byte(kv[i+1])); err != nil {
@@ -555,7 +560,7 @@ func (s *Store) ScanKeys(ctx context.Context, fn func(id string, val []byte) err
 }
 
 // Ping implements store.Store.
-func (s *Store) Ping(ctx context.Context) error { return s.rdb.Ping(ctx).Err() }
+func (s *Store) Ping(ctx context.Context) error { return fail("ping", s.rdb.Ping(ctx).Err()) }
 
 // Close implements store.Store.
 func (s *Store) Close() error { return s.rdb.Close() }

@@ -11,7 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -44,35 +44,64 @@ func Start(tb testing.TB) *Server {
 // StartServer starts redis-server with its data in dir, with append-only
 // persistence on.
 func StartServer(dir string) (*Server, error) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		return nil, err
-	}
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--dir", dir, "--save", "", "--appendonly", "yes", "--appendfsync", "no",
-		"--logfile", filepath.Join(dir, "redis.log"), "--daemonize", "no")
-	if err := cmd.Start(); err != nil {
+	s := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", port), Dir: dir}
+	if err := s.start(); err != nil {
 		return nil, err
 	}
-	s := &Server{Addr: fmt.Sprintf("127.0.0.1:%d", port), Dir: dir, cmd: cmd}
+	return s, nil
+}
+
+// start starts redis-server on s.Addr with its data in s.Dir and waits
+// until it answers PING.
+func (s *Server) start() error {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return err
+	}
+	_, port, err := net.SplitHostPort(s.Addr)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(bin, "--port", port, "--bind", "127.0.0.1",
+		"--dir", s.Dir, "--save", "", "--appendonly", "yes", "--appendfsync", "no",
+		"--logfile", filepath.Join(s.Dir, "redis.log"), "--daemonize", "no")
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	s.cmd = cmd
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		if ping(s.Addr) == nil {
-			return s, nil
+			return nil
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 	s.Stop()
-	return nil, fmt.Errorf("redis-server on %s did not answer", s.Addr)
+	return fmt.Errorf("redis-server on %s did not answer", s.Addr)
 }
 
-// Stop kills the server.
+// Restart starts the server again after Stop, on the same address and
+// data directory: it reloads its append-only file.
+func (s *Server) Restart() error {
+	s.Stop()
+	return s.start()
+}
+
+// Pause stops the server process (SIGSTOP) without closing its
+// connections: it hangs, as on a partition, until Resume.
+func (s *Server) Pause() error { return s.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume continues a paused server (SIGCONT).
+func (s *Server) Resume() error { return s.cmd.Process.Signal(syscall.SIGCONT) }
+
+// Stop kills the server (SIGKILL: what it acknowledged is in its
+// append-only file, written before each reply).
 func (s *Server) Stop() {
-	if s.cmd.Process != nil {
+	if s.cmd != nil && s.cmd.Process != nil && s.cmd.ProcessState == nil {
 		s.cmd.Process.Kill()
 		s.cmd.Wait()
 	}
