@@ -1,8 +1,8 @@
 # fhirgate — two commands set everything up on a fresh machine:
 #   make run    embedded server on 127.0.0.1:8080 (bbolt store under ./data)
 #   make test   installs what the tests need, then go vet, go test -race ./...,
-#               the Rego policy tests and the conformance suite against the
-#               embedded and the Redis backends
+#               the Rego policy tests, the conformance suite against the
+#               embedded and the Redis backends, and the fault tests
 SHELL := /bin/bash
 GO    ?= go
 BIN   := bin/fhirgate
@@ -49,7 +49,7 @@ policy-test: build
 conformance: build
 	bash conformance/run.sh $(BIN)
 
-test: deps geth solc vet unit policy-test conformance
+test: deps geth solc vet unit policy-test conformance test-faults
 
 # test-faults runs the fault tests of conformance/faults (build tag
 # faults) against real processes: the gateway killed -9 under load on

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -82,6 +83,11 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		// store's own timeouts are ErrUnavailable, above.)
 		status = http.StatusRequestTimeout
 		issues = []fhir.Issue{{Severity: fhir.SeverityError, Code: fhir.IssueCode("timeout"), Details: "the request was not received in time"}}
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		// The client hung up, or its body was shorter than its
+		// Content-Length said: a client fault, not the server's.
+		status = http.StatusBadRequest
+		issues = []fhir.Issue{{Severity: fhir.SeverityError, Code: fhir.CodeStructure, Details: "the request body ended before it was complete"}}
 	case errors.Is(err, store.ErrErased):
 		status = http.StatusGone
 		issues = []fhir.Issue{{Severity: fhir.SeverityError, Code: fhir.CodeDeleted, Details: "the resource, or the patient compartment it belongs to, has been erased"}}

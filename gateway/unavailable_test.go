@@ -121,3 +121,29 @@ func TestSlowBodyTimesOut(t *testing.T) {
 		t.Errorf("a body cut off by the read timeout: %d %s, want 408 with issue code timeout", res.StatusCode, b)
 	}
 }
+
+// A body that ends before its Content-Length (the client hung up) is the
+// client's fault: 400 with an OperationOutcome, not a 500.
+func TestTruncatedBody(t *testing.T) {
+	gw := gateway.New(gateway.Config{Store: boltStore(t)})
+	t.Cleanup(func() { gw.Close() })
+	ts := httptest.NewServer(gw)
+	t.Cleanup(ts.Close)
+	c, err := net.Dial("tcp", ts.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\nContent-Length: 100\r\n\r\n{\"resource")
+	c.(*net.TCPConn).CloseWrite() // no more body: the server reads EOF
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != http.StatusBadRequest || !strings.Contains(string(b), `"OperationOutcome"`) {
+		t.Errorf("a truncated body: %d %s, want 400 with an OperationOutcome", res.StatusCode, b)
+	}
+}
