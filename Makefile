@@ -37,6 +37,7 @@ deps:
 
 vet:
 	$(GO) vet ./...
+	$(GO) vet -tags faults ./conformance/faults/
 
 unit:
 	$(GO) test -race -count=1 ./...

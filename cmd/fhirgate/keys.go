@@ -19,6 +19,7 @@ import (
 	"github.com/fhirgate/fhirgate/internal/store/boltstore"
 	"github.com/fhirgate/fhirgate/internal/store/redisstore"
 	"github.com/fhirgate/fhirgate/internal/store/sealed"
+	goredis "github.com/redis/go-redis/v9"
 )
 
 // storeFlags are the flags that locate the store and its keys, shared by
@@ -54,6 +55,10 @@ func openStore(ctx context.Context, c storeFlags, log *slog.Logger) (*sealed.Sto
 			// in a slot of its own: a Cluster would refuse it.
 			return nil, errors.New("--redis-cluster: the transparency log needs one Redis primary (--redis-url)")
 		}
+		// go-redis's own messages (failed dials during an outage, …) go to
+		// the server's log, not to bare stderr. They name addresses, never
+		// commands or values.
+		goredis.SetLogger(redisLogger{log})
 		st, err = redisstore.New(ctx, rc)
 		log.Info("store: redis")
 	} else {
@@ -194,4 +199,11 @@ func keysRemote(ctx context.Context, base, token, op string) error {
 	}
 	os.Stdout.Write(b)
 	return nil
+}
+
+// redisLogger writes go-redis's messages to slog at Warn.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, "redis client", slog.String("msg", fmt.Sprintf(format, v...)))
 }
