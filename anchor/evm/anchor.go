@@ -75,7 +75,7 @@ func (c *Chain) Anchor(ctx context.Context, treeSize uint64, root common.Hash) (
 // is still canonical afterwards, and returns that receipt.
 func (c *Chain) settle(ctx context.Context, s *sender, tx *types.Transaction) (*types.Receipt, error) {
 	for reorgs := 0; ; reorgs++ {
-		r, err := s.waitMined(ctx, tx.Hash())
+		r, err := s.waitMined(ctx, tx)
 		if err != nil || c.conf == 0 {
 			return r, err
 		}

@@ -176,7 +176,7 @@ func Deploy(ctx context.Context, client Backend, key *ecdsa.PrivateKey, chainID 
 	if err != nil {
 		return common.Address{}, common.Hash{}, fmt.Errorf("evm: deploy: %w", err)
 	}
-	r, err := s.waitMined(ctx, tx.Hash())
+	r, err := s.waitMined(ctx, tx)
 	if err != nil {
 		return common.Address{}, tx.Hash(), fmt.Errorf("evm: deploy: %w", err)
 	}

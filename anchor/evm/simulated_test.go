@@ -2,6 +2,7 @@ package evm_test
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"log/slog"
 	"math/big"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ethereum/go-ethereum/common"
 	"github.com/ethereum/go-ethereum/core/types"
 	"github.com/ethereum/go-ethereum/crypto"
 	"github.com/ethereum/go-ethereum/eth/ethconfig"
@@ -193,5 +195,58 @@ func BenchmarkAnchor(b *testing.B) {
 	b.ReportMetric(float64(gas)/float64(size), "gas/op")
 	if gas/size > maxAnchorGas {
 		b.Errorf("%d gas per anchor, want at most %d", gas/size, maxAnchorGas)
+	}
+}
+
+// TestAnchorResentWhenDropped: the node forgets the anchor transaction
+// before mining it (simulated.Backend.Rollback drops pending transactions,
+// as a restarted node or a full pool would). Anchor notices that the node
+// no longer knows it, sends it again, and completes once blocks resume.
+func TestAnchorResentWhenDropped(t *testing.T) {
+	sim, key := newSimulated(t, nil)
+	ctx := t.Context()
+	stop := mine(t, func() { sim.Commit() })
+	addr, _, err := evm.Deploy(ctx, sim.Client(), key, 0)
+	stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain := newChain(t, evm.Config{Client: sim.Client(), Key: key, Contract: addr, PollInterval: 2 * time.Millisecond})
+	type result struct {
+		a   anchor.Anchor
+		err error
+	}
+	done := make(chan result, 1)
+	actx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	go func() {
+		a, err := chain.Anchor(actx, 5, common.Hash{5})
+		done <- result{a, err}
+	}()
+	// Wait until the anchor transaction is pending, then drop it.
+	from := crypto.PubkeyToAddress(key.PublicKey)
+	for {
+		n, err := sim.Client().PendingNonceAt(ctx, from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mined, err := sim.Client().NonceAt(ctx, from, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > mined {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	sim.Rollback()
+	time.Sleep(100 * time.Millisecond) // Anchor polls, finds no receipt
+	mine(t, func() { sim.Commit() })
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("Anchor after the node dropped its transaction: %v", r.err)
+	}
+	if size, root, err := chain.Latest(ctx); err != nil || size != 5 || root != (common.Hash{5}) {
+		t.Errorf("Latest() = %d, %s, %v; want 5", size, root, err)
 	}
 }

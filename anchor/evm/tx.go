@@ -119,10 +119,20 @@ func (s *sender) fees(ctx context.Context) (tip, feeCap *big.Int, err error) {
 	return tip, feeCap, nil
 }
 
-// waitMined polls for the receipt of hash every s.poll until there is one
-// or ctx ends.
-func (s *sender) waitMined(ctx context.Context, hash common.Hash) (*types.Receipt, error) {
-	for {
+// rebroadcastPolls is how many receipt polls without a receipt pass
+// before waitMined checks that the node still holds the transaction (10 s
+// at the default poll interval).
+const rebroadcastPolls = 200
+
+// waitMined polls for the receipt of tx every s.poll until there is one
+// or ctx ends. Every rebroadcastPolls polls it asks the node for tx: when
+// the node no longer knows it (dropped from its pool: a restart, a full
+// pool, fees that rose), the same signed transaction is sent again. If its
+// nonce was taken meanwhile by another transaction, waitMined fails, and
+// the caller's next attempt starts afresh.
+func (s *sender) waitMined(ctx context.Context, tx *types.Transaction) (*types.Receipt, error) {
+	hash := tx.Hash()
+	for polls := 1; ; polls++ {
 		r, err := s.client.TransactionReceipt(ctx, hash)
 		switch {
 		case err == nil:
@@ -131,6 +141,14 @@ func (s *sender) waitMined(ctx context.Context, hash common.Hash) (*types.Receip
 			strings.Contains(err.Error(), "indexing is in progress"):
 		default:
 			return nil, fmt.Errorf("evm: receipt of %s: %w", hash, err)
+		}
+		if polls%rebroadcastPolls == 0 {
+			if _, _, err := s.client.TransactionByHash(ctx, hash); errors.Is(err, ethereum.NotFound) {
+				s.log.WarnContext(ctx, "evm: the node dropped the transaction; sending it again", slog.String("tx", hash.Hex()))
+				if err := s.sendTx(ctx, tx); err != nil {
+					return nil, fmt.Errorf("evm: re-sending %s: %w", hash, err)
+				}
+			}
 		}
 		if err := sleep(ctx, s.poll); err != nil {
 			return nil, fmt.Errorf("evm: waiting for %s: %w", hash, err)
