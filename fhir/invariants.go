@@ -6,7 +6,7 @@ import (
 	"strings"
 )
 
-// checkInvariants evaluates the R4 invariants google/fhir does not, for
+// typeInvariants evaluates the R4 invariants google/fhir does not, for
 // the elements they apply to. It is not a FHIRPath engine: each rule is a
 // Go function, named by its R4 constraint key.
 //
@@ -20,9 +20,11 @@ import (
 //   - bdl-7 (Bundle): fullUrl is unique unless the entries differ in
 //     meta.versionId; Bundle.entry.fullUrl must be an absolute URL or urn
 //     (R4 bundle.html "fullUrl"); each link relation occurs at most once.
-func checkInvariants(rt string, doc map[string]any) []Issue {
+//
+// per-1 applies at any depth, so checkDoc checks it in its walk over the
+// document; typeInvariants checks the others.
+func typeInvariants(rt string, doc map[string]any) []Issue {
 	var out []Issue
-	walkPeriods(rt, doc, &out)
 	if rt == "RiskAssessment" {
 		if preds, ok := doc["prediction"].([]any); ok {
 			for i, p := range preds {
@@ -62,33 +64,6 @@ func invariant(expr, key, msg string) Issue {
 }
 
 var periodKeys = map[string]bool{"id": true, "extension": true, "start": true, "end": true, "_start": true, "_end": true}
-
-// walkPeriods finds Period-shaped elements (only id, extension, start,
-// end members) below the resource root and checks per-1.
-func walkPeriods(path string, v any, out *[]Issue) {
-	switch t := v.(type) {
-	case []any:
-		for i, e := range t {
-			walkPeriods(fmt.Sprintf("%s[%d]", path, i), e, out)
-		}
-	case map[string]any:
-		if _, isResource := t["resourceType"]; !isResource || strings.Contains(path, ".") {
-			start, hasS := t["start"].(string)
-			end, hasE := t["end"].(string)
-			if hasS && hasE && isPeriod(t) {
-				sl, sh, ok1 := ParseDate(start)
-				el, eh, ok2 := ParseDate(end)
-				samePrecision := sh.Sub(sl) == eh.Sub(el)
-				if ok1 && ok2 && (sl.After(el) || (!samePrecision && sh.After(el))) {
-					*out = append(*out, invariant(path, "per-1", "if present, start SHALL have a lower value than end"))
-				}
-			}
-		}
-		for k, e := range t {
-			walkPeriods(path+"."+k, e, out)
-		}
-	}
-}
 
 func isPeriod(m map[string]any) bool {
 	for k := range m {

@@ -15,6 +15,7 @@ import (
 	"io"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -39,6 +40,8 @@ type Resource struct {
 	Warnings []Issue
 
 	fields []field // top-level members in document order, raw
+	// generated: built by Generated, with no fields; Encode writes Doc.
+	generated bool
 }
 
 type field struct {
@@ -154,17 +157,17 @@ type ParseOptions struct {
 // target types, narrative XHTML rules).
 func Parse(body []byte, opts ParseOptions) (*Resource, error) {
 	body = bytes.TrimPrefix(body, bom)
-	fields, err := topLevel(body)
+	doc, fields, err := decodeObject(body)
 	if err != nil {
 		return nil, &Error{Status: 400, Issues: []Issue{{Severity: SeverityError, Code: CodeStructure, Details: "body is not a JSON object", Diagnostics: err.Error()}}}
 	}
 	var rt string
-	for _, f := range fields {
-		if f.name == "resourceType" {
-			if err := json.Unmarshal(f.raw, &rt); err != nil {
-				return nil, invalid(CodeStructure, "resourceType", "resourceType is not a string")
-			}
-		}
+	switch v := doc["resourceType"].(type) {
+	case string:
+		rt = v
+	case nil: // absent, or null: missing
+	default:
+		return nil, invalid(CodeStructure, "resourceType", "resourceType is not a string")
 	}
 	if rt == "" {
 		return nil, invalid(CodeRequired, "resourceType", "resourceType is missing")
@@ -198,13 +201,7 @@ func Parse(body []byte, opts ParseOptions) (*Resource, error) {
 			warnings = append(warnings, is)
 		}
 	}
-	doc, err := decodeDoc(body)
-	if err != nil {
-		return nil, &Error{Status: 400, Issues: []Issue{{Severity: SeverityError, Code: CodeStructure, Details: "body is not valid JSON", Diagnostics: err.Error()}}}
-	}
-	errs = append(errs, checkNarratives(rt, doc)...)
-	errs = append(errs, checkJSONRules(rt, doc)...)
-	errs = append(errs, checkInvariants(rt, doc)...)
+	errs = append(errs, checkDoc(rt, doc)...)
 	if len(errs) > 0 {
 		return nil, &Error{Status: status, Issues: errs}
 	}
@@ -268,82 +265,6 @@ func decodeDoc(body []byte) (map[string]any, error) {
 	return doc, nil
 }
 
-// checkJSONRules applies R4 JSON rules google/fhir does not: no empty
-// arrays or objects, no null values (http://hl7.org/fhir/R4/json.html).
-func checkJSONRules(rt string, doc map[string]any) []Issue {
-	var out []Issue
-	var walk func(path string, v any)
-	walk = func(path string, v any) {
-		switch t := v.(type) {
-		case nil:
-			out = append(out, Issue{Severity: SeverityError, Code: CodeStructure, Expression: path, Details: "null is not allowed in FHIR JSON"})
-		case []any:
-			if len(t) == 0 {
-				out = append(out, Issue{Severity: SeverityError, Code: CodeStructure, Expression: path, Details: "empty arrays are not allowed in FHIR JSON"})
-			}
-			for i, e := range t {
-				// Arrays of primitive extensions may hold nulls as placeholders.
-				if e == nil && strings.HasPrefix(lastSeg(path), "_") {
-					continue
-				}
-				walk(fmt.Sprintf("%s[%d]", path, i), e)
-			}
-		case map[string]any:
-			if len(t) == 0 {
-				out = append(out, Issue{Severity: SeverityError, Code: CodeStructure, Expression: path, Details: "empty objects are not allowed in FHIR JSON"})
-			}
-			for k, e := range t {
-				if k == "resourceType" {
-					continue
-				}
-				walk(path+"."+k, e)
-			}
-		}
-	}
-	for k, v := range doc {
-		walk(rt+"."+k, v)
-	}
-	return out
-}
-
-func lastSeg(path string) string {
-	if i := strings.LastIndexByte(path, '.'); i >= 0 {
-		return path[i+1:]
-	}
-	return path
-}
-
-// checkNarratives applies the R4 XHTML rules to every Narrative.div in the
-// resource, including contained resources and Bundle entries.
-func checkNarratives(rt string, doc map[string]any) []Issue {
-	var out []Issue
-	var walk func(path string, v any)
-	walk = func(path string, v any) {
-		switch t := v.(type) {
-		case []any:
-			for i, e := range t {
-				walk(fmt.Sprintf("%s[%d]", path, i), e)
-			}
-		case map[string]any:
-			for k, e := range t {
-				if k == "text" {
-					if m, ok := e.(map[string]any); ok {
-						if div, ok := m["div"].(string); ok {
-							for _, ni := range CheckNarrative(div) {
-								out = append(out, Issue{Severity: SeverityError, Code: CodeInvariant, Expression: path + ".text.div", Details: "narrative violates " + ni.Rule + ": " + ni.Detail})
-							}
-							continue
-						}
-					}
-				}
-				walk(path+"."+k, e)
-			}
-		}
-	}
-	walk(rt, doc)
-	return out
-}
-
 // Meta is what the server assigns to a stored version.
 type Meta struct {
 	ID          string
@@ -355,43 +276,49 @@ type Meta struct {
 func FormatInstant(t time.Time) string { return t.UTC().Format("2006-01-02T15:04:05.000Z07:00") }
 
 // Encode returns the resource as JSON with id, meta.versionId and
-// meta.lastUpdated set to m; every other member keeps its original bytes.
+// meta.lastUpdated set to m; every other member keeps its original bytes
+// (without insignificant white space). meta is written as json.Marshal
+// writes a map (members sorted, <, > and & escaped).
 func (r *Resource) Encode(m Meta) ([]byte, error) {
-	var b bytes.Buffer
-	b.Grow(64 + sizeOf(r.fields))
-	b.WriteString(`{"resourceType":`)
-	writeString(&b, r.Type)
-	b.WriteString(`,"id":`)
-	writeString(&b, m.ID)
-	meta := map[string]json.RawMessage{}
+	if r.generated {
+		return r.encodeDoc(m)
+	}
+	b := make([]byte, 0, 96+sizeOf(r.fields))
+	b = append(b, `{"resourceType":`...)
+	b = appendJSONString(b, r.Type, false)
+	b = append(b, `,"id":`...)
+	b = appendJSONString(b, m.ID, false)
+	b = append(b, `,"meta":`...)
+	var metaRaw []byte
 	for _, f := range r.fields {
 		if f.name == "meta" {
-			if err := json.Unmarshal(f.raw, &meta); err != nil {
-				return nil, fmt.Errorf("meta: %w", err)
-			}
+			metaRaw = f.raw
 		}
 	}
-	meta["versionId"], _ = json.Marshal(m.VersionID)
-	meta["lastUpdated"], _ = json.Marshal(FormatInstant(m.LastUpdated))
-	mb, err := json.Marshal(meta)
+	b, err := appendMeta(b, metaRaw, m)
 	if err != nil {
 		return nil, err
 	}
-	b.WriteString(`,"meta":`)
-	b.Write(mb)
 	for _, f := range r.fields {
 		switch f.name {
 		case "resourceType", "id", "meta":
 			continue
 		}
-		b.WriteByte(',')
-		writeString(&b, f.name)
-		b.WriteByte(':')
-		if err := json.Compact(&b, f.raw); err != nil {
-			return nil, err
-		}
+		b = append(b, ',')
+		b = appendJSONString(b, f.name, false)
+		b = append(b, ':')
+		b = appendCompact(b, f.raw)
 	}
-	b.WriteByte('}')
+	b = append(b, '}')
+	r.setMeta(m)
+	return b, nil
+}
+
+// setMeta gives Doc the id and meta Encode wrote.
+func (r *Resource) setMeta(m Meta) {
+	if rt, ok := r.Doc["resourceType"].(string); !ok || rt != r.Type {
+		r.Doc["resourceType"] = r.Type
+	}
 	r.ID = m.ID
 	r.Doc["id"] = m.ID
 	dm, _ := r.Doc["meta"].(map[string]any)
@@ -401,7 +328,105 @@ func (r *Resource) Encode(m Meta) ([]byte, error) {
 	}
 	dm["versionId"] = m.VersionID
 	dm["lastUpdated"] = FormatInstant(m.LastUpdated)
-	return b.Bytes(), nil
+}
+
+// appendMeta writes the meta object: the members of raw (a JSON object,
+// or nil for none) with versionId and lastUpdated set, as json.Marshal
+// writes a map[string]json.RawMessage.
+func appendMeta(b, raw []byte, m Meta) ([]byte, error) {
+	vid, lu := m.VersionID, FormatInstant(m.LastUpdated)
+	if raw == nil {
+		b = append(b, `{"lastUpdated":`...)
+		b = appendJSONString(b, lu, true)
+		b = append(b, `,"versionId":`...)
+		b = appendJSONString(b, vid, true)
+		return append(b, '}'), nil
+	}
+	d := jsonDecoder{b: raw}
+	_, members, err := d.topLevel()
+	if err != nil {
+		// Not an object of distinct members: let encoding/json decide.
+		return appendMetaSlow(b, raw, vid, lu)
+	}
+	type kv struct {
+		k string
+		v []byte
+	}
+	all := make([]kv, 0, len(members)+2)
+	for _, f := range members {
+		if f.name != "versionId" && f.name != "lastUpdated" {
+			all = append(all, kv{f.name, f.raw})
+		}
+	}
+	all = append(all, kv{"versionId", nil}, kv{"lastUpdated", nil})
+	slices.SortFunc(all, func(x, y kv) int { return strings.Compare(x.k, y.k) })
+	b = append(b, '{')
+	for i, e := range all {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendJSONString(b, e.k, true)
+		b = append(b, ':')
+		switch e.k {
+		case "versionId":
+			b = appendJSONString(b, vid, true)
+		case "lastUpdated":
+			b = appendJSONString(b, lu, true)
+		default:
+			b = appendCompactEscaped(b, e.v)
+		}
+	}
+	return append(b, '}'), nil
+}
+
+func appendMetaSlow(b, raw []byte, vid, lu string) ([]byte, error) {
+	meta := map[string]json.RawMessage{}
+	if err := json.Unmarshal(raw, &meta); err != nil {
+		return nil, fmt.Errorf("meta: %w", err)
+	}
+	meta["versionId"], _ = json.Marshal(vid)
+	meta["lastUpdated"], _ = json.Marshal(lu)
+	mb, err := json.Marshal(meta)
+	if err != nil {
+		return nil, err
+	}
+	return append(b, mb...), nil
+}
+
+// encodeDoc is Encode for a resource built from its document (Generated):
+// the members after resourceType, id and meta are written sorted, as
+// json.Marshal writes the document.
+func (r *Resource) encodeDoc(m Meta) ([]byte, error) {
+	r.setMeta(m)
+	b := make([]byte, 0, 1024)
+	b = append(b, `{"resourceType":`...)
+	b = appendJSONString(b, r.Type, false)
+	b = append(b, `,"id":`...)
+	b = appendJSONString(b, m.ID, false)
+	b = append(b, `,"meta":`...)
+	b, err := appendJSONValue(b, r.Doc["meta"], true)
+	if err != nil {
+		return nil, err
+	}
+	var small [32]string
+	keys := small[:0]
+	for k := range r.Doc {
+		switch k {
+		case "resourceType", "id", "meta":
+			continue
+		}
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		b = append(b, ',')
+		b = appendJSONString(b, k, false)
+		b = append(b, ':')
+		if b, err = appendJSONValue(b, r.Doc[k], true); err != nil {
+			return nil, err
+		}
+	}
+	return append(b, '}'), nil
 }
 
 func sizeOf(fs []field) int {
@@ -412,32 +437,20 @@ func sizeOf(fs []field) int {
 	return n
 }
 
-func writeString(b *bytes.Buffer, s string) {
-	b.Write(JSONString(s))
-}
-
 // JSONString returns s as a JSON string literal, without HTML escaping.
 func JSONString(s string) []byte {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	enc.Encode(s)
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+	return appendJSONString(nil, s, false)
 }
 
 // DecodeStored decodes bytes the server stored itself (already validated)
 // into generic JSON for search matching.
-func DecodeStored(body []byte) (map[string]any, error) { return decodeDoc(body) }
+func DecodeStored(body []byte) (map[string]any, error) { return decodeValue(body) }
 
 // Trusted wraps JSON the server generated itself (an AuditEvent, say) as a
 // Resource without validating it: the generator's tests validate what it
 // produces with Parse.
 func Trusted(body []byte) (*Resource, error) {
-	fields, err := topLevel(body)
-	if err != nil {
-		return nil, err
-	}
-	doc, err := decodeDoc(body)
+	doc, fields, err := decodeObject(body)
 	if err != nil {
 		return nil, err
 	}
@@ -445,6 +458,19 @@ func Trusted(body []byte) (*Resource, error) {
 	r.Type, _ = doc["resourceType"].(string)
 	r.ID, _ = doc["id"].(string)
 	return r, nil
+}
+
+// Generated wraps a document the server built itself (an AuditEvent, say)
+// as a Resource, without validating it or encoding it to JSON first: the
+// generator's tests validate what it produces with Parse. doc holds only
+// map[string]any, []any, string, bool, json.Number and nil values (others
+// are encoded with encoding/json); Encode writes its members sorted.
+// Generated keeps doc, which the caller must not change afterwards.
+func Generated(doc map[string]any) *Resource {
+	r := &Resource{Doc: doc, generated: true}
+	r.Type, _ = doc["resourceType"].(string)
+	r.ID, _ = doc["id"].(string)
+	return r
 }
 
 // Set replaces the top-level member name (appending it when absent) with
@@ -460,6 +486,10 @@ func (r *Resource) Set(name string, v any) error {
 	var val any
 	if err := dec.Decode(&val); err != nil {
 		return err
+	}
+	if r.generated {
+		r.Doc[name] = val
+		return nil
 	}
 	for i := range r.fields {
 		if r.fields[i].name == name {
