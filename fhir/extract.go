@@ -39,9 +39,25 @@ type Value struct {
 // base is the server's FHIR base URL, so absolute references to this server
 // count as local.
 func Extract(doc map[string]any, sp *SearchParam, base string) []Value {
-	var out []Value
-	for _, path := range sp.Paths {
-		for _, n := range evalPath(doc, path) {
+	var x extractor
+	return x.appendExtract(nil, doc, sp, base)
+}
+
+// extractor evaluates paths with buffers it reuses from one call to the
+// next.
+type extractor struct {
+	cur, next []node
+}
+
+func (x *extractor) appendExtract(out []Value, doc map[string]any, sp *SearchParam, base string) []Value {
+	for i, path := range sp.Paths {
+		var cp *compiledPath
+		if len(sp.compiled) == len(sp.Paths) {
+			cp = sp.compiled[i]
+		} else {
+			cp = compilePath(path) // a SearchParam not made by p
+		}
+		for _, n := range x.evalPath(doc, cp) {
 			out = appendValues(out, sp, n, base)
 		}
 	}
@@ -54,65 +70,87 @@ type node struct {
 	refType    string // for "@Type" restrictions
 }
 
-// evalPath evaluates a simple path (see SearchParam) against doc.
-func evalPath(doc map[string]any, path string) []node {
-	refType := ""
+// compiledPath is a path (see SearchParam) split into its steps.
+type compiledPath struct {
+	steps   []pathStep
+	refType string
+}
+
+type pathStep struct {
+	name             string
+	filterK, filterV string // "telecom[system=phone]"
+}
+
+func compilePath(path string) *compiledPath {
+	c := &compiledPath{}
 	if i := strings.IndexByte(path, '@'); i >= 0 {
-		path, refType = path[:i], path[i+1:]
+		path, c.refType = path[:i], path[i+1:]
 	}
-	cur := []node{{v: doc}}
 	for _, seg := range strings.Split(path, ".") {
-		filterK, filterV := "", ""
+		st := pathStep{name: seg}
 		if i := strings.IndexByte(seg, '['); i >= 0 && strings.HasSuffix(seg, "]") {
 			kv := seg[i+1 : len(seg)-1]
-			seg = seg[:i]
+			st.name = seg[:i]
 			if j := strings.IndexByte(kv, '='); j >= 0 {
-				filterK, filterV = kv[:j], kv[j+1:]
+				st.filterK, st.filterV = kv[:j], kv[j+1:]
 			}
 		}
-		var next []node
+		c.steps = append(c.steps, st)
+	}
+	return c
+}
+
+// evalPath evaluates a simple path (see SearchParam) against doc. The
+// result is valid until the next call.
+func (x *extractor) evalPath(doc map[string]any, p *compiledPath) []node {
+	cur := append(x.cur[:0], node{v: doc})
+	next := x.next[:0]
+	for _, st := range p.steps {
+		next = next[:0]
 		for _, n := range cur {
 			m, ok := n.v.(map[string]any)
 			if !ok {
 				continue
 			}
-			add := func(v any, ct string) {
-				if arr, ok := v.([]any); ok {
-					for _, e := range arr {
-						next = append(next, node{v: e, choiceType: ct})
-					}
-					return
-				}
-				next = append(next, node{v: v, choiceType: ct})
-			}
-			if v, ok := m[seg]; ok {
-				add(v, "")
+			if v, ok := m[st.name]; ok {
+				next = appendNodes(next, v, "")
 			} else {
-				// choice element: seg + UpperCamel type name
+				// choice element: name + UpperCamel type name
 				for k, v := range m {
-					if len(k) > len(seg) && strings.HasPrefix(k, seg) && choiceTypes[k[len(seg):]] {
-						add(v, k[len(seg):])
+					if len(k) > len(st.name) && strings.HasPrefix(k, st.name) && choiceTypes[k[len(st.name):]] {
+						next = appendNodes(next, v, k[len(st.name):])
 					}
 				}
 			}
 		}
-		if filterK != "" {
+		if st.filterK != "" {
 			kept := next[:0]
 			for _, n := range next {
-				if m, ok := n.v.(map[string]any); ok && m[filterK] == filterV {
+				if m, ok := n.v.(map[string]any); ok && m[st.filterK] == st.filterV {
 					kept = append(kept, n)
 				}
 			}
 			next = kept
 		}
-		cur = next
+		cur, next = next, cur
 	}
-	if refType != "" {
+	if p.refType != "" {
 		for i := range cur {
-			cur[i].refType = refType
+			cur[i].refType = p.refType
 		}
 	}
+	x.cur, x.next = cur, next
 	return cur
+}
+
+func appendNodes(out []node, v any, ct string) []node {
+	if arr, ok := v.([]any); ok {
+		for _, e := range arr {
+			out = append(out, node{v: e, choiceType: ct})
+		}
+		return out
+	}
+	return append(out, node{v: v, choiceType: ct})
 }
 
 func appendValues(out []Value, sp *SearchParam, n node, base string) []Value {
@@ -303,17 +341,65 @@ var stripMarks = sync.Pool{New: func() any {
 // R4 string search requires ("Müller" matches "muller"). It is safe for
 // concurrent use.
 func NormalizeString(s string) string {
+	if isASCII(s) {
+		return normalizeASCII(s)
+	}
 	out := s
-	if !isASCII(s) {
-		t := stripMarks.Get().(transform.Transformer)
-		var err error
-		out, _, err = transform.String(t, s)
-		stripMarks.Put(t)
-		if err != nil {
-			out = s
-		}
+	t := stripMarks.Get().(transform.Transformer)
+	var err error
+	out, _, err = transform.String(t, s)
+	stripMarks.Put(t)
+	if err != nil {
+		out = s
 	}
 	return strings.Join(strings.Fields(strings.ToLower(out)), " ")
+}
+
+// normalizeASCII is NormalizeString for ASCII s: lower case, with runs of
+// white space (as strings.Fields sees it) collapsed to one space and
+// trimmed. A string already so is returned as is.
+func normalizeASCII(s string) string {
+	clean, space := true, true
+	for i := 0; i < len(s) && clean; i++ {
+		switch c := s[i]; {
+		case c >= 'A' && c <= 'Z':
+			clean = false
+		case asciiSpace(c):
+			clean = c == ' ' && !space
+			space = true
+		default:
+			space = false
+		}
+	}
+	if clean && !space {
+		return s
+	}
+	b := make([]byte, 0, len(s))
+	pending := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if asciiSpace(c) {
+			pending = len(b) > 0
+			continue
+		}
+		if pending {
+			b = append(b, ' ')
+			pending = false
+		}
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		b = append(b, c)
+	}
+	return string(b)
+}
+
+func asciiSpace(c byte) bool {
+	switch c {
+	case '\t', '\n', '\v', '\f', '\r', ' ':
+		return true
+	}
+	return false
 }
 
 func isASCII(s string) bool {
@@ -373,7 +459,21 @@ func ParseDate(s string) (lo, hi time.Time, ok bool) {
 		frac = s[i+1 : j]
 		s = s[:i] + s[j:]
 	}
-	for _, l := range layouts {
+	// Skip the layouts that cannot match (each failed time.Parse allocates
+	// its error): without a T, the one of the value's length (the year is
+	// exactly 4 characters, month and day 2); with one, those with a zone
+	// when the time has one (Z, + or -), else those without.
+	tPos := strings.IndexByte(s, 'T')
+	zone := tPos >= 0 && strings.ContainsAny(s[tPos+1:], "Z+-")
+	for i, l := range layouts {
+		switch {
+		case i < 3:
+			if tPos >= 0 || len(s) != len(l.layout) {
+				continue
+			}
+		case tPos < 0, zone != (i < 5):
+			continue
+		}
 		t, err := time.Parse(l.layout, s)
 		if err != nil {
 			continue
@@ -433,9 +533,13 @@ func dateRange(v any, choiceType string) (lo, hi time.Time, ok bool) {
 // Terms returns the index terms of a value: every term a query that could
 // match the value looks up. See TermsForQuery.
 func Terms(sp *SearchParam, v Value) []Term {
+	return appendTerms(nil, sp, v)
+}
+
+// appendTerms appends the terms of v to out (their Param unset).
+func appendTerms(out []Term, sp *SearchParam, v Value) []Term {
 	switch sp.Type {
 	case TypeToken:
-		var out []Term
 		if v.Code != "" {
 			out = append(out, Term{Value: "c:" + v.Code})
 			if v.HasSystem {
@@ -444,35 +548,34 @@ func Terms(sp *SearchParam, v Value) []Term {
 				out = append(out, Term{Value: "n:" + v.Code})
 			}
 		}
-		if v.HasSystem {
+		if v.HasSystem && !sp.NoSystemTerms {
 			out = append(out, Term{Value: "s:" + v.System})
 		}
 		return out
 	case TypeString:
-		return prefixTerms(v.Norm)
+		return appendPrefixTerms(out, sp.prefixRunes(), v.Norm)
 	case TypeReference:
 		if v.RefType != "" {
-			return []Term{{Value: "r:" + v.RefType + "/" + v.RefID}, {Value: "i:" + v.RefID}}
+			return append(out, Term{Value: "r:" + v.RefType + "/" + v.RefID}, Term{Value: "i:" + v.RefID})
 		}
-		return []Term{{Value: "u:" + v.RefURL}}
+		return append(out, Term{Value: "u:" + v.RefURL})
 	case TypeDate:
-		var out []Term
 		last := v.Hi.Add(-time.Nanosecond)
 		if v.Lo.Equal(minTime) || v.Hi.Equal(maxTime) {
-			return nil
+			return out
 		}
+		var buf [16]byte
 		if v.Lo.Year() == last.Year() {
-			out = append(out, Term{Value: "y:" + v.Lo.Format("2006")})
+			out = append(out, Term{Value: string(v.Lo.AppendFormat(append(buf[:0], "y:"...), "2006"))})
 			if v.Lo.Month() == last.Month() {
-				out = append(out, Term{Value: "m:" + v.Lo.Format("2006-01")})
+				out = append(out, Term{Value: string(v.Lo.AppendFormat(append(buf[:0], "m:"...), "2006-01"))})
 				if v.Lo.Day() == last.Day() {
-					out = append(out, Term{Value: "d:" + v.Lo.Format("2006-01-02")})
+					out = append(out, Term{Value: string(v.Lo.AppendFormat(append(buf[:0], "d:"...), "2006-01-02"))})
 				}
 			}
 		}
 		return out
 	case TypeQuantity:
-		var out []Term
 		if v.UCode != "" {
 			out = append(out, Term{Value: "qc:" + v.UCode})
 			if v.UnitSys != "" {
@@ -484,9 +587,9 @@ func Terms(sp *SearchParam, v Value) []Term {
 		}
 		return out
 	case TypeURI:
-		return []Term{{Value: "u:" + v.Str}}
+		return append(out, Term{Value: "u:" + v.Str})
 	}
-	return nil
+	return out
 }
 
 // Term is one search-index entry of a parameter, looked up exactly. Stores
@@ -505,53 +608,123 @@ type Term struct {
 // blind token: see docs/security.md) against more filtering per search.
 var PrefixRunes = []int{2, 3, 4, 5, 8}
 
-// prefixTerms returns the prefix terms of a normalised string.
-func prefixTerms(norm string) []Term {
-	var out []Term
+// prefixRunes returns the prefix lengths sp's values are indexed by.
+func (sp *SearchParam) prefixRunes() []int {
+	if sp != nil && sp.Prefixes != nil {
+		return sp.Prefixes
+	}
+	return PrefixRunes
+}
+
+// appendPrefixTerms appends the prefix terms, of the lengths in runes, of a
+// normalised string.
+func appendPrefixTerms(out []Term, runes []int, norm string) []Term {
+	if len(runes) == 0 {
+		return out
+	}
 	n, next := 0, 0
 	for i := range norm {
-		if n == PrefixRunes[next] {
+		if n == runes[next] {
 			out = append(out, Term{Value: "p:" + norm[:i]})
-			if next++; next == len(PrefixRunes) {
+			if next++; next == len(runes) {
 				return out
 			}
 		}
 		n++
 	}
-	if n == PrefixRunes[next] {
+	if n == runes[next] {
 		out = append(out, Term{Value: "p:" + norm})
 	}
 	return out
 }
 
-// prefixTerm returns the term a string query looks up, and whether the
-// lookup is exact; ok is false when the query is too short for any.
-func prefixTerm(norm string) (term string, exact, ok bool) {
-	for _, t := range slices.Backward(prefixTerms(norm)) {
+// prefixTerm returns the term a string query on sp looks up, and whether
+// the lookup is exact; ok is false when the query is too short for any.
+func prefixTerm(sp *SearchParam, norm string) (term string, exact, ok bool) {
+	var buf [8]Term
+	for _, t := range slices.Backward(appendPrefixTerms(buf[:0], sp.prefixRunes(), norm)) {
 		return t.Value, len(t.Value)-len("p:") == len(norm), true
 	}
 	return "", false, false
 }
 
 // IndexTerms returns every index term of a resource document, deduplicated.
+// _id is indexed by its "c:" term only: that is the one an _id query
+// looks up.
 func IndexTerms(doc map[string]any, params map[string]*SearchParam, base string) []Term {
-	seen := map[Term]bool{}
-	var out []Term
+	return AppendIndexTerms(make([]Term, 0, 64), doc, params, base)
+}
+
+// AppendIndexTerms appends IndexTerms's terms to dst.
+func AppendIndexTerms(dst []Term, doc map[string]any, params map[string]*SearchParam, base string) []Term {
+	ix := indexers.Get().(*indexer)
+	defer ix.release()
+	out := dst
 	for name, sp := range params {
 		if name == ParamLastUpdated || sp.SameAs != "" {
 			continue
 		}
-		for _, v := range Extract(doc, sp, base) {
-			for _, t := range Terms(sp, v) {
-				t.Param = name
-				if !seen[t] {
-					seen[t] = true
-					out = append(out, t)
+		ix.vals = ix.x.appendExtract(ix.vals[:0], doc, sp, base)
+		// Terms of different parameters differ (by Param): deduplicate
+		// within the parameter, by a scan while it has few, then a map.
+		start := len(out)
+		clear(ix.seen)
+		for _, v := range ix.vals {
+			ix.ts = appendTerms(ix.ts[:0], sp, v)
+			for _, t := range ix.ts {
+				if name == ParamID && !strings.HasPrefix(t.Value, "c:") {
+					continue
 				}
+				mine := out[start:]
+				if len(mine) < dedupScan {
+					if slices.ContainsFunc(mine, func(o Term) bool { return o.Value == t.Value }) {
+						continue
+					}
+				} else {
+					if len(ix.seen) == 0 {
+						for _, o := range mine {
+							ix.seen[o.Value] = struct{}{}
+						}
+					}
+					if _, dup := ix.seen[t.Value]; dup {
+						continue
+					}
+					ix.seen[t.Value] = struct{}{}
+				}
+				t.Param = name
+				out = append(out, t)
 			}
 		}
 	}
 	return out
 }
+
+// indexer is the scratch state of AppendIndexTerms, pooled.
+type indexer struct {
+	x    extractor
+	vals []Value
+	ts   []Term
+	seen map[string]struct{}
+}
+
+var indexers = sync.Pool{New: func() any { return &indexer{seen: map[string]struct{}{}} }}
+
+// release returns ix to the pool, dropping references into the document
+// and buffers grown unusually large.
+func (ix *indexer) release() {
+	if cap(ix.vals) > 1024 || cap(ix.x.cur) > 1024 || cap(ix.x.next) > 1024 || len(ix.seen) > 1024 {
+		return
+	}
+	clear(ix.vals[:cap(ix.vals)])
+	clear(ix.ts[:cap(ix.ts)])
+	clear(ix.x.cur[:cap(ix.x.cur)])
+	clear(ix.x.next[:cap(ix.x.next)])
+	clear(ix.seen)
+	indexers.Put(ix)
+}
+
+// dedupScan is how many terms of a parameter IndexTerms deduplicates by
+// scanning before it uses a map.
+const dedupScan = 32
 
 func roundHalf(decimals int) float64 { return 0.5 * math.Pow10(-decimals) }

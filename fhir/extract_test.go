@@ -1,7 +1,10 @@
 package fhir_test
 
 import (
+	"os"
+	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -203,8 +206,7 @@ func TestIndexTerms(t *testing.T) {
 		return got[i].Value < got[j].Value
 	})
 	want := []fhir.Term{
-		{Param: "_id", Value: "c:o1"},
-		{Param: "_id", Value: "n:o1"},
+		{Param: "_id", Value: "c:o1"}, // not n:o1: no _id query looks it up
 		{Param: "code", Value: "c:29463-7"},
 		{Param: "code", Value: "s:http://loinc.org"},
 		{Param: "code", Value: "sc:http://loinc.org|29463-7"},
@@ -213,8 +215,7 @@ func TestIndexTerms(t *testing.T) {
 		{Param: "date", Value: "y:2013"},
 		{Param: "patient", Value: "i:123"},
 		{Param: "patient", Value: "r:Patient/123"},
-		{Param: "status", Value: "c:final"},
-		{Param: "status", Value: "s:http://hl7.org/fhir/observation-status"},
+		{Param: "status", Value: "c:final"}, // not s:: every status has that system
 		{Param: "status", Value: "sc:http://hl7.org/fhir/observation-status|final"},
 		{Param: "subject", Value: "i:123"},
 		{Param: "subject", Value: "r:Patient/123"},
@@ -226,12 +227,48 @@ func TestIndexTerms(t *testing.T) {
 	}
 }
 
+// TestAuditEventTerms: AuditEvents, written on every access, get few
+// index terms: no system-only terms, and an address by its 8-rune prefix.
+func TestAuditEventTerms(t *testing.T) {
+	doc := decode(t, `{"resourceType": "AuditEvent", "id": "a1",
+	  "type": {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest"},
+	  "action": "R", "outcome": "0", "recorded": "2026-11-22T01:02:03.5Z",
+	  "agent": [{"requestor": true, "network": {"address": "192.0.2.17", "type": "2"}}]}`)
+	var got []string
+	for _, term := range fhir.IndexTerms(doc, fhir.DefaultParams()["AuditEvent"], testBase) {
+		got = append(got, term.Param+"="+term.Value)
+	}
+	sort.Strings(got)
+	want := []string{
+		"_id=c:a1",
+		"action=c:R", "action=sc:http://hl7.org/fhir/audit-event-action|R",
+		"address=p:192.0.2.",
+		"date=d:2026-11-22", "date=m:2026-11", "date=y:2026",
+		"outcome=c:0", "outcome=sc:http://hl7.org/fhir/audit-event-outcome|0",
+		"type=c:rest", "type=sc:http://terminology.hl7.org/CodeSystem/audit-event-type|rest",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("AuditEvent terms (-want +got):\n%s", diff)
+	}
+}
+
 func TestDeceasedDateTimeIsTrue(t *testing.T) {
 	doc, _ := fhir.DecodeStored([]byte(`{"resourceType":"Patient","deceasedDateTime":"2020-01-01"}`))
 	sp := fhir.DefaultParams()["Patient"]["deceased"]
 	got := fhir.Extract(doc, sp, "")
 	if len(got) != 1 || got[0].Code != "true" {
 		t.Errorf("Extract(deceased) = %+v, want one value true", got)
+	}
+}
+
+func TestNormalizeStringASCII(t *testing.T) {
+	// The ASCII fast path must agree with the general rule.
+	ref := func(s string) string { return strings.Join(strings.Fields(strings.ToLower(s)), " ") }
+	for _, s := range []string{"", " ", "a", "A", "abc", "already normal", " lead", "trail ", "two  spaces", "Tab\there",
+		"\v\f\r\n x \x1c y", "MiXeD CaSe 123 !@#", "a\x00b", "\x7f", "  ", "x\ty", "O'Brien-Smith"} {
+		if got, want := fhir.NormalizeString(s), ref(s); got != want {
+			t.Errorf("NormalizeString(%q) = %q, want %q", s, got, want)
+		}
 	}
 }
 
@@ -292,5 +329,75 @@ func TestOwner(t *testing.T) {
 				t.Errorf("Owner = %q, want %q", got, test.want)
 			}
 		})
+	}
+}
+
+func BenchmarkIndexTerms(b *testing.B) {
+	body, err := os.ReadFile(filepath.Join(dataDir, "r4-examples", "Patient-example.json"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	r, err := fhir.Parse(body, fhir.ParseOptions{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	params := fhir.DefaultParams()["Patient"]
+	b.ReportAllocs()
+	for b.Loop() {
+		fhir.IndexTerms(r.Doc, params, "http://x/fhir")
+	}
+}
+
+// TestIndexTermsDeduplicates holds IndexTerms to its definition: the terms
+// of every parameter's values, without duplicates (and _id by its c: term
+// only), on the conformance examples and on a resource with many values.
+func TestIndexTermsDeduplicates(t *testing.T) {
+	files, _ := filepath.Glob(filepath.Join(dataDir, "r4-examples", "*.json"))
+	var docs []map[string]any
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if doc, err := fhir.DecodeStored(b); err == nil {
+			docs = append(docs, doc)
+		}
+	}
+	var ids []string
+	for i := range 100 {
+		ids = append(ids, `{"system":"urn:s","value":"v`+strings.Repeat("x", i%40)+`"}`)
+	}
+	docs = append(docs, decode(t, `{"resourceType":"Patient","id":"p","identifier":[`+strings.Join(ids, ",")+`],
+	  "name":[{"family":"Smith","given":["Ann","Ann","Annabel"]},{"family":"Smith"}]}`))
+	reg := fhir.DefaultParams()
+	for _, doc := range docs {
+		rt, _ := doc["resourceType"].(string)
+		params := reg[rt]
+		want := map[fhir.Term]bool{}
+		for name, sp := range params {
+			if name == fhir.ParamLastUpdated || sp.SameAs != "" {
+				continue
+			}
+			for _, v := range fhir.Extract(doc, sp, testBase) {
+				for _, term := range fhir.Terms(sp, v) {
+					if name == fhir.ParamID && !strings.HasPrefix(term.Value, "c:") {
+						continue
+					}
+					term.Param = name
+					want[term] = true
+				}
+			}
+		}
+		got := fhir.IndexTerms(doc, params, testBase)
+		seen := map[fhir.Term]bool{}
+		for _, term := range got {
+			if seen[term] {
+				t.Errorf("%s: duplicate term %v", rt, term)
+			}
+			seen[term] = true
+		}
+		if diff := cmp.Diff(want, seen); diff != "" {
+			t.Errorf("%s: IndexTerms (-want +got):\n%s", rt, diff)
+		}
 	}
 }

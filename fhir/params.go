@@ -34,6 +34,16 @@ type SearchParam struct {
 	// SameAs names a parameter of the same type and paths whose index
 	// terms this one looks up; its own are not stored.
 	SameAs string
+	// NoSystemTerms leaves out a token parameter's system-only index terms
+	// (what "system|" queries look up): its values all share one or a few
+	// systems, so such a term would select (nearly) every resource. Those
+	// queries scan the type instead. Coded parameters have it.
+	NoSystemTerms bool
+	// Prefixes, when set, replaces PrefixRunes for a string parameter:
+	// the prefix lengths its values are indexed by.
+	Prefixes []int
+
+	compiled []*compiledPath // Paths, compiled by p
 }
 
 func sameAs(sp *SearchParam, name string) *SearchParam {
@@ -43,6 +53,17 @@ func sameAs(sp *SearchParam, name string) *SearchParam {
 
 func coded(sp *SearchParam, system string) *SearchParam {
 	sp.CodeSystem = system
+	sp.NoSystemTerms = true // every value has system
+	return sp
+}
+
+func noSystemTerms(sp *SearchParam) *SearchParam {
+	sp.NoSystemTerms = true
+	return sp
+}
+
+func indexPrefixes(sp *SearchParam, runes ...int) *SearchParam {
+	sp.Prefixes = runes
 	return sp
 }
 
@@ -50,7 +71,11 @@ func coded(sp *SearchParam, system string) *SearchParam {
 type Params map[string]map[string]*SearchParam
 
 func p(name string, t ParamType, desc string, paths ...string) *SearchParam {
-	return &SearchParam{Name: name, Type: t, Paths: paths, Description: desc}
+	sp := &SearchParam{Name: name, Type: t, Paths: paths, Description: desc}
+	for _, path := range paths {
+		sp.compiled = append(sp.compiled, compilePath(path))
+	}
+	return sp
 }
 
 var nameParams = func(prefix string) []*SearchParam {
@@ -235,25 +260,29 @@ func fullParams() map[string][]*SearchParam {
 			p("subject", TypeReference, "The patient or group present at the encounter", "subject"),
 			p("type", TypeToken, "Specific type of encounter", "type"),
 		},
+		// AuditEvents are written on every access, so they get few index
+		// terms: the codings fhirgate writes share a handful of systems
+		// (no system-only terms), and an address is an IP address, whose
+		// short prefixes are shared by (nearly) every client.
 		"AuditEvent": {
 			coded(p("action", TypeToken, "Type of action performed during the event", "action"), "http://hl7.org/fhir/audit-event-action"),
-			p("address", TypeString, "Identifier for the network access point of the user device", "agent.network.address"),
+			indexPrefixes(p("address", TypeString, "Identifier for the network access point of the user device", "agent.network.address"), 8),
 			p("agent", TypeReference, "Identifier of who", "agent.who"),
 			p("agent-name", TypeString, "Human friendly name for the agent", "agent.name"),
-			p("agent-role", TypeToken, "Agent role in the event", "agent.role"),
+			noSystemTerms(p("agent-role", TypeToken, "Agent role in the event", "agent.role")),
 			p("altid", TypeToken, "Alternative User identity", "agent.altId"),
 			p("date", TypeDate, "Time when the event was recorded", "recorded"),
 			p("entity", TypeReference, "Specific instance of resource", "entity.what"),
 			p("entity-name", TypeString, "Descriptor for entity", "entity.name"),
-			p("entity-role", TypeToken, "What role the entity played", "entity.role"),
-			p("entity-type", TypeToken, "Type of entity involved", "entity.type"),
+			noSystemTerms(p("entity-role", TypeToken, "What role the entity played", "entity.role")),
+			noSystemTerms(p("entity-type", TypeToken, "Type of entity involved", "entity.type")),
 			coded(p("outcome", TypeToken, "Whether the event succeeded or failed", "outcome"), "http://hl7.org/fhir/audit-event-outcome"),
 			p("patient", TypeReference, "Identifier of who", "agent.who@Patient", "entity.what@Patient"),
 			p("policy", TypeURI, "Policy that authorized event", "agent.policy"),
 			p("site", TypeToken, "Logical source location within the enterprise", "source.site"),
 			p("source", TypeReference, "The identity of source detecting the event", "source.observer"),
-			p("subtype", TypeToken, "More specific type/id for the event", "subtype"),
-			p("type", TypeToken, "Type/identifier of event", "type"),
+			noSystemTerms(p("subtype", TypeToken, "More specific type/id for the event", "subtype")),
+			noSystemTerms(p("type", TypeToken, "Type/identifier of event", "type")),
 		},
 	}
 }

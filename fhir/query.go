@@ -455,6 +455,9 @@ func termFor(c Clause, v QValue) (Term, bool) {
 		case v.NoSystem:
 			t.Value = "n:" + v.Code
 		case v.SystemOnly:
+			if c.Param.NoSystemTerms {
+				return t, false // not indexed: scan
+			}
 			t.Value = "s:" + v.System
 		default:
 			t.Value = "sc:" + v.System + "|" + v.Code
@@ -469,7 +472,7 @@ func termFor(c Clause, v QValue) (Term, bool) {
 			return t, false
 		}
 		var ok bool
-		if t.Value, _, ok = prefixTerm(n); !ok {
+		if t.Value, _, ok = prefixTerm(c.Param, n); !ok {
 			return t, false
 		}
 		return t, true
@@ -755,7 +758,7 @@ func (q *Query) Exact() bool {
 			}
 			switch c.Param.Type {
 			case TypeString:
-				if _, exact, _ := prefixTerm(NormalizeString(v.Raw)); !exact || c.Modifier != "" {
+				if _, exact, _ := prefixTerm(c.Param, NormalizeString(v.Raw)); !exact || c.Modifier != "" {
 					return false
 				}
 			case TypeQuantity:

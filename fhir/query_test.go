@@ -721,6 +721,12 @@ func TestCandidates(t *testing.T) {
 		{"quantity ||code", "Observation", "value-quantity=5.4||mg", [][]fhir.Term{{term("value-quantity", "qc:mg")}}, false},
 		{"quantity number", "Observation", "value-quantity=5.4", nil, false},
 		{"uri", "AuditEvent", "policy=http://x.org/p", [][]fhir.Term{{term("policy", "u:http://x.org/p")}}, true},
+		{"coded system| scans", "Patient", "gender=http://hl7.org/fhir/administrative-gender|", nil, false},
+		{"AuditEvent coding system| scans", "AuditEvent", "type=http://x.org|", nil, false},
+		{"AuditEvent coding system|code", "AuditEvent", "type=http://x.org|rest", [][]fhir.Term{{term("type", "sc:http://x.org|rest")}}, true},
+		{"AuditEvent address of 8", "AuditEvent", "address=10.0.0.1", [][]fhir.Term{{prefix("address", "10.0.0.1")}}, true},
+		{"AuditEvent address longer", "AuditEvent", "address=192.168.1.20", [][]fhir.Term{{prefix("address", "192.168.")}}, false},
+		{"AuditEvent address shorter scans", "AuditEvent", "address=10.0", nil, false},
 		{"mixed", "Observation", "code=a&date=gt2013", [][]fhir.Term{{term("code", "c:a")}}, false},
 		{"exact and not exact", "Patient", "gender=female&family:contains=x", [][]fhir.Term{{term("gender", "c:female")}}, false},
 	}
