@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -174,16 +173,8 @@ func auditGroups(a *access) []auditGroup {
 // storeAudit stores one generated AuditEvent as version 1 of a new id,
 // and returns its reference.
 func (s *Server) storeAudit(r *http.Request, ev obj) (string, error) {
-	body, err := json.Marshal(ev)
-	if err != nil {
-		return "", err
-	}
-	res, err := fhir.Trusted(body)
-	if err != nil {
-		return "", err
-	}
 	k := store.Key{Type: "AuditEvent", ID: newID()}
-	if _, err := s.write(r, res, k, 1, store.PutOptions{}); err != nil {
+	if _, err := s.write(r, fhir.Generated(ev), k, 1, store.PutOptions{}); err != nil {
 		return "", err
 	}
 	return k.String(), nil
@@ -192,15 +183,7 @@ func (s *Server) storeAudit(r *http.Request, ev obj) (string, error) {
 // auditRecord makes a generated AuditEvent version 1 of a new id, for a
 // commit of its own or of the writes it records.
 func (s *Server) auditRecord(r *http.Request, ev obj, now time.Time) (store.Record, error) {
-	body, err := json.Marshal(ev)
-	if err != nil {
-		return store.Record{}, err
-	}
-	res, err := fhir.Trusted(body)
-	if err != nil {
-		return store.Record{}, err
-	}
-	return s.encodeVersion(r, res, store.Key{Type: "AuditEvent", ID: newID()}, 1, now.Truncate(time.Millisecond))
+	return s.encodeVersion(r, fhir.Generated(ev), store.Key{Type: "AuditEvent", ID: newID()}, 1, now.Truncate(time.Millisecond))
 }
 
 // Code systems of the AuditEvents fhirgate writes.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fhirgate/fhirgate/anchor"
 	"github.com/fhirgate/fhirgate/fhir"
 	"github.com/fhirgate/fhirgate/gateway"
 	"github.com/fhirgate/fhirgate/internal/auth"
@@ -277,5 +278,111 @@ func BenchmarkSecured(b *testing.B) {
 				})
 			})
 		})
+	}
+}
+
+// BenchmarkAuditedRead is an audited read over the in-memory store (plain
+// and sealed): token (cached), policy, compartments and the AuditEvent
+// (built, encoded, indexed, sealed, given its log leaf), without the disk
+// sync BenchmarkSecured's bbolt store adds. It is the gateway's own CPU per
+// audited read.
+func BenchmarkAuditedRead(b *testing.B) {
+	key, err := auth.GenerateDevKey()
+	if err != nil {
+		b.Fatal(err)
+	}
+	v, err := auth.NewVerifier(b.Context(), auth.Config{JWKS: key.PublicJWKS(), Issuer: auth.DevIssuer, Audience: auth.DevAudience})
+	if err != nil {
+		b.Fatal(err)
+	}
+	sign := func(fhirUser, scope string) string {
+		tk, err := key.Sign(auth.Claims{Subject: "bench", FHIRUser: fhirUser, Scope: scope}, time.Hour)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return tk
+	}
+	sys := sign("", "system/*.*")
+	benchStores(b, func(b *testing.B, st store.Store) {
+		eng, err := policy.New(b.Context(), policy.Config{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		gw := gateway.New(gateway.Config{Store: st, BaseURL: "http://x/fhir", Auth: v, Policy: eng})
+		do := func(method, path string, body []byte) *httptest.ResponseRecorder {
+			req := httptest.NewRequest(method, path, bytes.NewReader(body))
+			if body != nil {
+				req.Header.Set("Content-Type", "application/fhir+json")
+			}
+			req.Header.Set("Authorization", "Bearer "+sys)
+			w := httptest.NewRecorder()
+			gw.ServeHTTP(w, req)
+			return w
+		}
+		do(http.MethodPut, "/fhir/Patient/A", []byte(matrixPatient("A")))
+		obs := strings.Replace(obsFor("Patient/A"), `{"resourceType":"Observation",`, `{"resourceType":"Observation","id":"o1",`, 1)
+		if w := do(http.MethodPut, "/fhir/Observation/o1", []byte(obs)); w.Code != http.StatusCreated {
+			b.Fatalf("status %d: %s", w.Code, w.Body)
+		}
+		b.ReportAllocs()
+		for b.Loop() {
+			if w := do(http.MethodGet, "/fhir/Observation/o1", nil); w.Code != http.StatusOK {
+				b.Fatalf("status %d: %s", w.Code, w.Body)
+			}
+		}
+	})
+}
+
+// TestLeafDigests: every version the gateway stores (resources as sent, in
+// any layout, and its own AuditEvents) commits in its log leaf to
+// anchor.Digest of its body, which the gateway computes from the decoded
+// document rather than the body. It runs on the benchmarks' memStore, which
+// keeps every record as written.
+func TestLeafDigests(t *testing.T) {
+	st := newMemStore()
+	gw := gateway.New(gateway.Config{Store: st, BaseURL: "http://x/fhir"})
+	do := func(method, path string, body []byte) {
+		t.Helper()
+		req := httptest.NewRequest(method, path, bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/fhir+json")
+		w := httptest.NewRecorder()
+		gw.ServeHTTP(w, req)
+		if w.Code >= 300 {
+			t.Fatalf("%s %s: status %d: %s", method, path, w.Code, w.Body)
+		}
+	}
+	example, err := os.ReadFile("../testdata/conformance/r4-examples/Patient-example.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	do(http.MethodPut, "/fhir/Patient/example", example)
+	do(http.MethodPost, "/fhir/Patient", example)
+	do(http.MethodPut, "/fhir/Patient/example", []byte(strings.Replace(string(example), `"active": true`, `"active": false`, 1)))
+	do(http.MethodPut, "/fhir/Patient/u", []byte(`{"resourceType":"Patient","id":"u","meta":{"tag":[{"code":"<&>"}],"versionId":"9"},"name":[{"family":"Ünal \u00e9\ud83d\ude00","given":["a\u2028b"]}]}`))
+	do(http.MethodPut, "/fhir/Observation/o1", []byte(strings.Replace(obsFor("Patient/u"), `{"resourceType":"Observation",`, `{"resourceType":"Observation","id":"o1",`, 1)))
+	do(http.MethodGet, "/fhir/Observation/o1", nil)
+	do(http.MethodGet, "/fhir/Patient?name=unal", nil)
+	n, audits := 0, 0
+	for k, vs := range st.recs {
+		for _, rec := range vs {
+			leaf, err := anchor.ParseLeaf(rec.Leaf)
+			if err != nil {
+				t.Fatalf("%s: %v", k, err)
+			}
+			want, err := anchor.Digest(rec.Salt, rec.Body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if leaf.Digest != want {
+				t.Errorf("%s version %d: leaf digest %s, anchor.Digest of the body %s", k, rec.Version, leaf.Digest, want)
+			}
+			n++
+			if k.Type == "AuditEvent" {
+				audits++
+			}
+		}
+	}
+	if n < 10 || audits < 5 {
+		t.Errorf("checked %d versions (%d AuditEvents)", n, audits)
 	}
 }

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fhirgate/fhirgate/anchor"
@@ -49,7 +52,7 @@ func newID() string {
 
 // readBody reads a size-limited body and parses it as a resource of type t.
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request, t string) (*fhir.Resource, error) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
+	body, err := readAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody), r.ContentLength, s.cfg.MaxBody)
 	if err != nil {
 		return nil, err
 	}
@@ -65,6 +68,33 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, t string) (*fh
 	}
 	return res, nil
 }
+
+// readAll is io.ReadAll into a buffer sized by the request's
+// Content-Length when it is known and within limit (up to maxPrealloc:
+// a client announcing more than it sends is given no more memory), not
+// grown from 512 bytes.
+func readAll(rd io.Reader, contentLength, limit int64) ([]byte, error) {
+	if contentLength <= 0 || contentLength > limit {
+		return io.ReadAll(rd)
+	}
+	b := make([]byte, 0, min(contentLength, maxPrealloc)+1) // +1: EOF is seen without growing
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := rd.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+}
+
+// maxPrealloc bounds the buffer readAll allocates before reading.
+const maxPrealloc = 1 << 20
 
 // checkReferences rejects local references to resources the server does
 // not hold (422), when EnforceReferences is on. Inside a transaction, a
@@ -146,7 +176,32 @@ func (s *Server) encodeVersion(r *http.Request, res *fhir.Resource, k store.Key,
 	base := s.base(r)
 	rec := store.Record{Type: k.Type, ID: k.ID, Version: v, Updated: now, Body: body, Terms: s.terms(res, base),
 		Owner: s.params.Owner(k.Type, k.ID, res.Doc, base)}
-	return rec, withLeaf(&rec)
+	withLeafOf(&rec, res)
+	return rec, nil
+}
+
+// canonicalBufs are buffers for the canonical JSON withLeafOf hashes.
+var canonicalBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+// withLeafOf is withLeaf for a version just encoded from res: its digest,
+// hex SHA-256(salt ‖ anchor.Canonical(rec.Body)) as anchor.Digest
+// defines it, is taken over res.Canonical(), which is the same bytes
+// written from res.Doc without decoding the body again.
+func withLeafOf(rec *store.Record, res *fhir.Resource) {
+	salt := make([]byte, anchor.SaltSize)
+	rand.Read(salt)
+	buf := canonicalBufs.Get().(*[]byte)
+	c := res.AppendCanonical((*buf)[:0])
+	h := sha256.New()
+	h.Write(salt)
+	h.Write(c)
+	if cap(c) <= 1<<20 {
+		*buf = c
+		canonicalBufs.Put(buf)
+	}
+	leaf := anchor.Leaf{ResourceType: rec.Type, ID: rec.ID, VersionID: strconv.FormatInt(rec.Version, 10),
+		LastUpdated: fhir.FormatInstant(rec.Updated), Digest: hex.EncodeToString(h.Sum(nil))}
+	rec.Leaf, rec.Salt = leaf.Encode(), salt
 }
 
 // withLeaf gives rec its transparency-log leaf: the store appends it in
@@ -163,13 +218,22 @@ func withLeaf(rec *store.Record) error {
 // terms indexes res. Absolute references under base count as local; set
 // Config.BaseURL so that every request indexes with the same base.
 func (s *Server) terms(res *fhir.Resource, base string) []store.Term {
-	ts := fhir.IndexTerms(res.Doc, s.params[res.Type], base)
+	buf := termBufs.Get().(*[]fhir.Term)
+	ts := fhir.AppendIndexTerms((*buf)[:0], res.Doc, s.params[res.Type], base)
 	out := make([]store.Term, len(ts))
 	for i, t := range ts {
 		out[i] = store.Term{Param: t.Param, Value: t.Value}
 	}
+	if cap(ts) <= 4096 {
+		clear(ts)
+		*buf = ts
+		termBufs.Put(buf)
+	}
 	return out
 }
+
+// termBufs are the buffers terms collects fhir's terms in.
+var termBufs = sync.Pool{New: func() any { return new([]fhir.Term) }}
 
 func etag(v int64) string { return `W/"` + strconv.FormatInt(v, 10) + `"` }
 
@@ -187,7 +251,7 @@ func (s *Server) setVersionHeaders(w http.ResponseWriter, rec store.Record) {
 }
 
 func (s *Server) location(r *http.Request, rec store.Record) string {
-	return fmt.Sprintf("%s/%s/%s/_history/%d", s.base(r), rec.Type, rec.ID, rec.Version)
+	return s.base(r) + "/" + rec.Type + "/" + rec.ID + "/_history/" + strconv.FormatInt(rec.Version, 10)
 }
 
 // respondWrite answers a create or update per the Prefer header.
