@@ -38,6 +38,11 @@ type ReceiptAnchor struct {
 	BlockHash   string `json:"blockHash"`
 }
 
+// maxTreeSize bounds the tree sizes proofs are checked for: above 2^62,
+// tlog's CheckRecord and CheckTree never return (their maxpow2 loop
+// overflows), and no log gets near it.
+const maxTreeSize = 1 << 62
+
 // ErrPending: the leaf is not in an anchored tree yet.
 var ErrPending = errors.New("anchor: not anchored yet")
 
@@ -99,6 +104,9 @@ func (l *Log) Consistency(ctx context.Context, first, second int64) (*Consistenc
 // Check checks the proof joins the tree of size First with root first to
 // the tree of size Second with root second.
 func (p *ConsistencyProof) Check(first, second [32]byte) error {
+	if p.Second > maxTreeSize {
+		return fmt.Errorf("tree size %d is larger than any log", p.Second)
+	}
 	proof, err := parseHashes(p.Proof)
 	if err != nil {
 		return err
@@ -181,6 +189,9 @@ func VerifyProof(r *Receipt, resource []byte) (tlog.Hash, error) {
 	}
 	if r.LeafIndex < 0 || r.LeafIndex >= r.TreeSize {
 		return root, fail("inclusion proof", "leaf index %d outside tree size %d", r.LeafIndex, r.TreeSize)
+	}
+	if r.TreeSize > maxTreeSize {
+		return root, fail("inclusion proof", "tree size %d is larger than any log", r.TreeSize)
 	}
 	if err := tlog.CheckRecord(tlog.RecordProof(proof), r.TreeSize, root, r.LeafIndex, tlog.RecordHash(r.LeafData)); err != nil {
 		return root, fail("inclusion proof", "the proof does not lead from the leaf to the root hash")
