@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -76,7 +77,12 @@ const (
 // The error is non-nil only for documents that are not Consents.
 func NormalizeConsent(id string, doc map[string]any) (c Consent, applies bool, err error) {
 	if rt, _ := doc["resourceType"].(string); rt != "Consent" {
-		return Consent{}, false, fmt.Errorf("policy: normalize consent: resourceType is %q, not Consent", rt)
+		// The error reaches logs: it names the type only when it is one,
+		// not whatever string the document holds.
+		if !fhir.IsResourceType(rt) {
+			return Consent{}, false, errors.New("policy: normalize consent: not a Consent")
+		}
+		return Consent{}, false, fmt.Errorf("policy: normalize consent: resourceType is %s, not Consent", rt)
 	}
 	if id == "" {
 		id, _ = doc["id"].(string)
