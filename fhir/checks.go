@@ -96,6 +96,14 @@ func (w *docWalker) node(v any, narr, rules bool) {
 			w.period(t)
 		}
 		for k, e := range t {
+			if upperMember(k) {
+				// google/fhir takes "Id" for "id" and "Subject" for
+				// "subject", while Doc, which search, compartments and
+				// policy read, keeps them apart: an Observation with
+				// "Subject" would be in no patient compartment.
+				w.rules = append(w.rules, Issue{Severity: SeverityError, Code: CodeStructure, Expression: w.pathString("." + k),
+					Details: "unknown element: FHIR element names start with a lower-case letter"})
+			}
 			childNarr := narr
 			if narr && k == "text" {
 				if m, ok := e.(map[string]any); ok {
@@ -112,6 +120,14 @@ func (w *docWalker) node(v any, narr, rules bool) {
 			w.path = w.path[:len(w.path)-1]
 		}
 	}
+}
+
+// upperMember reports whether a member name starts, after an optional
+// "_" (a primitive's extensions), with an upper-case letter: no R4
+// element does.
+func upperMember(k string) bool {
+	k = strings.TrimPrefix(k, "_")
+	return k != "" && k[0] >= 'A' && k[0] <= 'Z'
 }
 
 // period checks per-1 on a Period-shaped element (only id, extension,

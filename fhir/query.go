@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/big"
 	"net/url"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -163,6 +164,9 @@ func (q *Query) add(key, raw string, params map[string]*SearchParam, reg Params,
 		}
 		return badValue(key, "_total must be one of none, estimate, accurate")
 	case "_sort":
+		// The keys apply only when all of them parse: an ignored _sort
+		// (lenient handling) must not half apply.
+		var keys []SortKey
 		for _, s := range strings.Split(raw, ",") {
 			k := SortKey{Name: s}
 			if strings.HasPrefix(s, "-") {
@@ -175,8 +179,9 @@ func (q *Query) add(key, raw string, params map[string]*SearchParam, reg Params,
 				}
 				k.Param = sp
 			}
-			q.Sort = append(q.Sort, k)
+			keys = append(keys, k)
 		}
+		q.Sort = append(q.Sort, keys...)
 		return nil
 	case "_include", "_revinclude", "_include:iterate", "_revinclude:iterate":
 		parts := strings.Split(raw, ":")
@@ -364,6 +369,11 @@ func parseValue(sp *SearchParam, mod, raw, base string) (QValue, error) {
 			} else if len(parts) == 2 {
 				return v, valueErr("quantity must be number|system|code or number")
 			}
+		}
+		// A decimal as FHIR writes it: strconv alone would take NaN, Inf
+		// and hex floats.
+		if !decimalRE.MatchString(numStr) {
+			return v, valueErr("not a valid number")
 		}
 		f, err := strconv.ParseFloat(numStr, 64)
 		if err != nil {
@@ -772,3 +782,7 @@ func (q *Query) Exact() bool {
 	}
 	return true
 }
+
+// decimalRE is a decimal search value: FHIR's decimal with an optional
+// "+" sign.
+var decimalRE = regexp.MustCompile(`^[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?$`)
