@@ -62,4 +62,4 @@ run_all "http://127.0.0.1:$A/fhir" redis "$WORK/gw" "gateway=$GW" "redis=$RS"
 # the size of fhirbench's create body, at the same concurrency.
 SIZE=$(wc -c <cmd/fhirbench/default_patient.json)
 echo "-- redis-benchmark: SET/GET of $SIZE bytes, $C clients"
-redis-benchmark -h 127.0.0.1 -p "$RP" -t set,get -d "$SIZE" -c "$C" -n 200000 -q
+redis-benchmark -h 127.0.0.1 -p "$RP" -t set,get -d "$SIZE" -c "$C" -n 200000 -q | tr '\r' '\n' | grep "requests per second"
