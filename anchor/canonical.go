@@ -29,14 +29,27 @@ func Canonical(b []byte) ([]byte, error) {
 	return appendCanonical(out, v), nil
 }
 
+// AppendCanonical appends the canonical form of doc, a JSON value as
+// encoding/json decodes it with UseNumber (map[string]any, []any, string,
+// json.Number, bool, nil), to dst: what Canonical gives of its encoding,
+// for a caller that holds the document already.
+func AppendCanonical(dst []byte, doc any) []byte { return appendCanonical(dst, doc) }
+
 func appendCanonical(b []byte, v any) []byte {
 	switch t := v.(type) {
 	case map[string]any:
-		keys := make([]string, 0, len(t))
+		var small [16]string
+		keys := small[:0]
+		byteOrder := true
 		for k := range t {
 			keys = append(keys, k)
+			byteOrder = byteOrder && !hasHighRune(k)
 		}
-		slices.SortFunc(keys, compareUTF16)
+		if byteOrder {
+			slices.Sort(keys) // the same order: no rune at or above U+E000
+		} else {
+			slices.SortFunc(keys, compareUTF16)
+		}
 		b = append(b, '{')
 		for i, k := range keys {
 			if i > 0 {
@@ -70,10 +83,31 @@ func appendCanonical(b []byte, v any) []byte {
 	}
 }
 
+// hasHighRune reports whether s has a rune at or above U+E000 (its UTF-8
+// starts with a byte 0xEE or above): only among such runes do UTF-16 and
+// byte order differ.
+func hasHighRune(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0xEE {
+			return true
+		}
+	}
+	return false
+}
+
 // compareUTF16 orders strings by their UTF-16 code units, as JCS requires
 // (it differs from byte order only for characters above U+FFFF against
 // U+E000–U+FFFF).
 func compareUTF16(a, b string) int {
+	// ASCII keys (nearly all) are ordered by their first differing byte.
+	for i := 0; i < len(a) && i < len(b); i++ {
+		if a[i] != b[i] {
+			if a[i] < utf8.RuneSelf && b[i] < utf8.RuneSelf {
+				return int(a[i]) - int(b[i])
+			}
+			break
+		}
+	}
 	for a != "" && b != "" {
 		ra, na := utf8.DecodeRuneInString(a)
 		rb, nb := utf8.DecodeRuneInString(b)
@@ -97,32 +131,46 @@ func utf16Unit(r rune) uint16 {
 	return uint16(r)
 }
 
+// plainByte marks the bytes a JCS string holds as they are: ASCII but
+// control characters, '"' and '\\' (bytes of multi-byte runes too).
+var plainByte = func() (t [256]bool) {
+	for c := 0x20; c < 256; c++ {
+		t[c] = c != '"' && c != '\\'
+	}
+	return t
+}()
+
 // appendString writes s as JCS (ECMAScript JSON.stringify) does: only ",
 // \ and control characters are escaped, with the short forms where they
 // exist and lower-case \u00xx otherwise.
 func appendString(b []byte, s string) []byte {
 	const hex = "0123456789abcdef"
 	b = append(b, '"')
+	start := 0
 	for i := 0; i < len(s); i++ {
 		c := s[i]
-		switch {
-		case c == '"' || c == '\\':
+		if plainByte[c] {
+			continue
+		}
+		b = append(b, s[start:i]...)
+		start = i + 1
+		switch c {
+		case '"', '\\':
 			b = append(b, '\\', c)
-		case c >= 0x20:
-			b = append(b, c)
-		case c == '\b':
+		case '\b':
 			b = append(b, '\\', 'b')
-		case c == '\f':
+		case '\f':
 			b = append(b, '\\', 'f')
-		case c == '\n':
+		case '\n':
 			b = append(b, '\\', 'n')
-		case c == '\r':
+		case '\r':
 			b = append(b, '\\', 'r')
-		case c == '\t':
+		case '\t':
 			b = append(b, '\\', 't')
 		default:
 			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
 		}
 	}
+	b = append(b, s[start:]...)
 	return append(b, '"')
 }
