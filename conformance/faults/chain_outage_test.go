@@ -17,12 +17,9 @@ import (
 	"time"
 
 	"github.com/ethereum/go-ethereum/ethclient"
-)
 
-// developerKey is the account geth --dev funds in a new data directory
-// (go-ethereum v1.17.8 cmd/utils/flags.go, DeveloperKey); its chain ID is
-// 1337.
-const developerKey = "b71c71a67e1177ad4e901695e1b4b9ee17ae16c6668d313eac2f96dbcda3f291"
+	"github.com/fhirgate/fhirgate/internal/chaintest"
+)
 
 const chainOutage = 60 * time.Second
 
@@ -39,22 +36,8 @@ type gethNode struct {
 	starts int
 }
 
-// findGeth returns $GETH, else bin/geth at the repository root, else geth
-// on PATH (`make geth` installs bin/geth).
-func findGeth() (string, error) {
-	if p := os.Getenv("GETH"); p != "" {
-		return p, nil
-	}
-	if root, err := repoRoot(); err == nil {
-		if p := filepath.Join(root, "bin", "geth"); exec.Command(p, "version").Run() == nil {
-			return p, nil
-		}
-	}
-	return exec.LookPath("geth")
-}
-
 func newGeth(t *testing.T) *gethNode {
-	bin, err := findGeth()
+	bin, err := chaintest.FindGeth()
 	need(t, "geth (make geth)", err)
 	n := &gethNode{t: t, bin: bin, dir: t.TempDir(), addr: freeAddr(t), logDir: t.TempDir()}
 	t.Cleanup(func() {
@@ -148,17 +131,17 @@ func TestChainOutage(t *testing.T) {
 	node := newGeth(t)
 	node.start()
 	keyFile := filepath.Join(t.TempDir(), "chain.key")
-	if err := os.WriteFile(keyFile, []byte(developerKey+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, []byte(chaintest.DeveloperKey+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(fhirgateBin, "anchor", "deploy", "--chain-rpc", node.url(), "--chain-key-file", keyFile, "--chain-id", "1337").Output()
+	out, err := exec.Command(fhirgateBin, "anchor", "deploy", "--chain-rpc", node.url(), "--chain-key-file", keyFile, "--chain-id", strconv.Itoa(chaintest.GethChainID)).Output()
 	if err != nil {
 		t.Fatalf("anchor deploy: %v", err)
 	}
 	contract := strings.TrimSpace(string(out))
 	dir := t.TempDir()
 	g := newGateway(t, "gateway", "--data-dir", dir, "--chain-rpc", node.url(), "--chain-key-file", keyFile,
-		"--anchor-contract", contract, "--chain-id", "1337", "--anchor-interval", "500ms", "--anchor-max-lag", "10s")
+		"--anchor-contract", contract, "--chain-id", strconv.Itoa(chaintest.GethChainID), "--anchor-interval", "500ms", "--anchor-max-lag", "10s")
 	g.start()
 	c := newClient(g.base()+"/fhir", devToken(t, dir), 30*time.Second)
 	ctx := t.Context()

@@ -22,10 +22,10 @@ import (
 	"github.com/ethereum/go-ethereum/ethclient"
 )
 
-// developerKey is the account geth --dev funds and unlocks when its data
-// directory has no keystore yet (always so here: each run gets a fresh
-// one). Copied from go-ethereum v1.17.8 cmd/utils/flags.go, DeveloperKey.
-const developerKey = "b71c71a67e1177ad4e901695e1b4b9ee17ae16c6668d313eac2f96dbcda3f291"
+// DeveloperKey is the hex private key of the account geth --dev funds and
+// unlocks when its data directory has no keystore yet. Copied from
+// go-ethereum v1.17.8 cmd/utils/flags.go, DeveloperKey.
+const DeveloperKey = "b71c71a67e1177ad4e901695e1b4b9ee17ae16c6668d313eac2f96dbcda3f291"
 
 // GethChainID is the chain ID of geth --dev.
 const GethChainID = 1337
@@ -44,7 +44,7 @@ const startTimeout = 60 * time.Second
 // CI environment variable is "true". Install it with `make geth`.
 func Geth(t testing.TB) (url string, key *ecdsa.PrivateKey) {
 	t.Helper()
-	bin, err := findGeth()
+	bin, err := FindGeth()
 	if err != nil {
 		msg := fmt.Sprintf("geth not available (%v): run `make geth` to install it into bin/geth, or set GETH to a geth binary", err)
 		if os.Getenv("CI") == "true" {
@@ -52,7 +52,7 @@ func Geth(t testing.TB) (url string, key *ecdsa.PrivateKey) {
 		}
 		t.Skip(msg)
 	}
-	key, err = crypto.HexToECDSA(developerKey)
+	key, err = crypto.HexToECDSA(DeveloperKey)
 	if err != nil {
 		t.Fatalf("chaintest: developer key: %v", err)
 	}
@@ -150,10 +150,10 @@ func waitReady(url string, exited <-chan struct{}) error {
 	}
 }
 
-// findGeth returns $GETH, else bin/geth at the repository root (the first
+// FindGeth returns $GETH, else bin/geth at the repository root (the first
 // directory above the working directory that holds go.mod), else geth on
-// PATH.
-func findGeth() (string, error) {
+// PATH (`make geth` installs bin/geth).
+func FindGeth() (string, error) {
 	if p := os.Getenv("GETH"); p != "" {
 		if err := executable(p); err != nil {
 			return "", fmt.Errorf("GETH=%s: %w", p, err)
