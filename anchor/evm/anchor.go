@@ -76,11 +76,17 @@ func (c *Chain) Anchor(ctx context.Context, treeSize uint64, root common.Hash) (
 func (c *Chain) settle(ctx context.Context, s *sender, tx *types.Transaction) (*types.Receipt, error) {
 	for reorgs := 0; ; reorgs++ {
 		r, err := s.waitMined(ctx, tx)
-		if err != nil || c.conf == 0 {
-			return r, err
+		if err != nil {
+			return nil, err
 		}
+		// A node indexes a block's transactions a moment before it makes
+		// the block its head: wait for the head, so that Latest, called
+		// at "latest", sees the anchor once Anchor returns.
 		if err := s.waitBlock(ctx, r.BlockNumber.Uint64()+c.conf); err != nil {
 			return nil, err
+		}
+		if c.conf == 0 {
+			return r, nil
 		}
 		ok, err := s.canonical(ctx, r)
 		if err != nil || ok {

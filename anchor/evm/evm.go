@@ -183,6 +183,11 @@ func Deploy(ctx context.Context, client Backend, key *ecdsa.PrivateKey, chainID 
 	if r.Status != types.ReceiptStatusSuccessful {
 		return common.Address{}, tx.Hash(), fmt.Errorf("evm: deploy: transaction %s failed", tx.Hash())
 	}
+	// The receipt shows a moment before the block is the head; calls at
+	// "latest" (New reads the owner) must find the contract.
+	if err := s.waitBlock(ctx, r.BlockNumber.Uint64()); err != nil {
+		return common.Address{}, tx.Hash(), fmt.Errorf("evm: deploy: %w", err)
+	}
 	code, err := retry(ctx, s.log, "code at", func(ctx context.Context) ([]byte, error) {
 		return client.CodeAt(ctx, r.ContractAddress, r.BlockNumber)
 	})

@@ -7,9 +7,11 @@ import (
 	"log/slog"
 	"math/big"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/ethereum/go-ethereum"
 	"github.com/ethereum/go-ethereum/common"
 	"github.com/ethereum/go-ethereum/core/types"
 	"github.com/ethereum/go-ethereum/crypto"
@@ -248,5 +250,74 @@ func TestAnchorResentWhenDropped(t *testing.T) {
 	}
 	if size, root, err := chain.Latest(ctx); err != nil || size != 5 || root != (common.Hash{5}) {
 		t.Errorf("Latest() = %d, %s, %v; want 5", size, root, err)
+	}
+}
+
+// laggingHead is a real node seen through an RPC endpoint whose head
+// trails the receipts it serves, as a node does for a moment between
+// indexing a block's transactions and making the block its head (and as
+// load-balanced endpoints do for longer): after each receipt it reports
+// the block before the receipt's as the head, and answers calls at
+// "latest" there, for the next lagPolls head polls.
+type laggingHead struct {
+	evm.Backend
+	mu       sync.Mutex
+	lagPolls int
+	left     int
+	behind   uint64 // the head it reports while left > 0
+}
+
+func (l *laggingHead) TransactionReceipt(ctx context.Context, hash common.Hash) (*types.Receipt, error) {
+	r, err := l.Backend.TransactionReceipt(ctx, hash)
+	if err == nil {
+		l.mu.Lock()
+		l.left, l.behind = l.lagPolls, r.BlockNumber.Uint64()-1
+		l.mu.Unlock()
+	}
+	return r, err
+}
+
+func (l *laggingHead) head() (uint64, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.behind, l.left > 0
+}
+
+func (l *laggingHead) BlockNumber(ctx context.Context) (uint64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.left > 0 {
+		l.left--
+		return l.behind, nil
+	}
+	return l.Backend.BlockNumber(ctx)
+}
+
+func (l *laggingHead) CallContract(ctx context.Context, call ethereum.CallMsg, number *big.Int) ([]byte, error) {
+	if h, lagging := l.head(); number == nil && lagging {
+		number = new(big.Int).SetUint64(h)
+	}
+	return l.Backend.CallContract(ctx, call, number)
+}
+
+// TestAnchorSeenAtLatest: once Anchor returns, Latest sees the anchor,
+// even from a node whose head trails its receipts.
+func TestAnchorSeenAtLatest(t *testing.T) {
+	sim, key := newSimulated(t, nil)
+	ctx := t.Context()
+	mine(t, func() { sim.Commit() })
+	client := &laggingHead{Backend: sim.Client(), lagPolls: 3}
+	addr, _, err := evm.Deploy(ctx, client, key, 0)
+	if err != nil {
+		t.Fatalf("Deploy: %v", err)
+	}
+	chain := newChain(t, evm.Config{Client: client, Key: key, Contract: addr, PollInterval: time.Millisecond})
+	for size := uint64(1); size <= 3; size++ {
+		if _, err := chain.Anchor(ctx, size, rootFor(size)); err != nil {
+			t.Fatalf("Anchor(%d): %v", size, err)
+		}
+		if got, root, err := chain.Latest(ctx); err != nil || got != size || root != rootFor(size) {
+			t.Errorf("Latest() after Anchor(%d) = %d, %s, %v", size, got, root, err)
+		}
 	}
 }
