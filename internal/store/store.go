@@ -132,6 +132,11 @@ type SetCell struct {
 type Commit struct {
 	Writes []Write
 	Cells  []SetCell
+	// Keep lists staged blob streams (see Blobs) the commit keeps: their
+	// chunks stay once it succeeds. A stream that is not staged (never
+	// written, dropped, or expired) fails the commit with ErrNotFound
+	// before anything is written.
+	Keep []string
 }
 
 // ErrCellChanged: a cell of a Commit was not at the version it expected.
@@ -226,6 +231,36 @@ func PutByCommit(ctx context.Context, commit func(context.Context, Commit) error
 	}
 	return err
 }
+
+// Blobs keeps the contents of large files (Binary resources) beside the
+// resources, as numbered chunks of a stream. A stream id is random and
+// opaque (it names nothing about its content or owner); chunks are opaque
+// bytes (sealed by the caller) of up to MaxChunk bytes.
+//
+// A stream is staged while it is written: PutChunk writes to a staged
+// stream only. A Commit that lists it in Keep makes it permanent, in the
+// same atomic step as the commit's writes. A staged stream that is never
+// kept leaves nothing behind: DropStream removes it at once, and a backend
+// removes one left by a crashed writer by itself (redisstore: it expires
+// StagedTTL after its last chunk was written; boltstore: when the store is
+// next opened, since only one process writes a bbolt file).
+type Blobs interface {
+	// PutChunk stores chunk i (from 0) of staged stream, replacing one
+	// written before under i.
+	PutChunk(ctx context.Context, stream string, i int, chunk []byte) error
+	// GetChunk returns chunk i of stream, staged or kept, or ErrNotFound.
+	GetChunk(ctx context.Context, stream string, i int) ([]byte, error)
+	// DropStream removes stream and all its chunks, staged or kept.
+	// Dropping a stream that does not exist is not an error.
+	DropStream(ctx context.Context, stream string) error
+}
+
+// MaxChunk bounds the size of one chunk a Blobs backend must accept.
+const MaxChunk = 4 << 20
+
+// StagedTTL is how long a backend that can expire keys keeps a staged
+// stream after its last chunk was written.
+const StagedTTL = time.Hour
 
 // Bus carries small messages between the gateway processes that share a
 // store. Messages are best effort: a process that is not subscribed when

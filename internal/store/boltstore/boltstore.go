@@ -1,6 +1,6 @@
-// Package boltstore is the embedded store.Store, on go.etcd.io/bbolt. Every
-// Put, Commit, Erase and PutKey is one bbolt transaction, fsynced before it
-// returns.
+// Package boltstore is the embedded store.Store and store.Blobs, on
+// go.etcd.io/bbolt. Every Put, Commit, Erase, PutKey, PutChunk and
+// DropStream is one bbolt transaction, fsynced before it returns.
 package boltstore
 
 import (
@@ -49,9 +49,13 @@ var (
 	bHashes  = []byte("hashes")  // stored-hash index(8) -> hash (32)
 	bAnchors = []byte("anchors") // tree size(8) -> anchor
 	bCells   = []byte("cells")   // cell id -> version(8) + value
+	bChunks  = []byte("chunks")  // stream\0index(4) -> chunk (see blobs.go)
+	bStaged  = []byte("staged")  // stream -> staged since, unix ns(8)
 )
 
-// New opens (creating if needed) the database under cfg.Dir.
+// New opens (creating if needed) the database under cfg.Dir, and drops
+// every blob stream left staged when it was last closed (or its process
+// crashed).
 func New(ctx context.Context, cfg Config) (*Store, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("boltstore: %w", err)
@@ -73,12 +77,12 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	db.MaxBatchDelay = 2 * time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bCurrent, bVersion, bHistory, bIndex, bLive, bErased, bKeys, bLog, bLeaves, bHashes, bAnchors, bCells} {
+		for _, b := range [][]byte{bCurrent, bVersion, bHistory, bIndex, bLive, bErased, bKeys, bLog, bLeaves, bHashes, bAnchors, bCells, bChunks, bStaged} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return nil
+		return sweepStaged(tx)
 	})
 	if err != nil {
 		db.Close()
@@ -141,7 +145,9 @@ func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) 
 }
 
 // Commit implements store.Store, in one transaction: every condition is
-// checked before anything is written.
+// checked before anything is written, the staged marker of every stream
+// of c.Keep last (store.ErrNotFound if one has none); the markers are
+// deleted with the writes.
 func (s *Store) Commit(ctx context.Context, c store.Commit) error {
 	if err := store.CheckCommit(c); err != nil {
 		return err
@@ -169,6 +175,9 @@ func (s *Store) Commit(ctx context.Context, c store.Commit) error {
 				return store.ErrCellChanged
 			}
 		}
+		if err := checkKeep(tx, c.Keep); err != nil {
+			return err
+		}
 		for i, w := range c.Writes {
 			if err := putVersion(tx, w.Record, old[i]); err != nil {
 				return err
@@ -180,7 +189,7 @@ func (s *Store) Commit(ctx context.Context, c store.Commit) error {
 				return err
 			}
 		}
-		return nil
+		return keepStreams(tx, c.Keep)
 	})
 }
 

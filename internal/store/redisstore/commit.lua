@@ -1,6 +1,6 @@
--- commit.lua: write N resource versions and set M cells atomically. Every
--- condition is checked before anything is written (Redis does not roll a
--- script back half way).
+-- commit.lua: write N resource versions, set M cells and keep K staged
+-- blob streams atomically. Every condition is checked before anything is
+-- written (Redis does not roll a script back half way).
 -- KEYS[1]  log size   {log}:n   counter (only touched with a leaf)
 -- KEYS[2]  log leaves {log}:l   hash: leaf index -> leaf data
 -- then for write i (1..N), KEYS[3i], KEYS[3i+1], KEYS[3i+2]:
@@ -8,9 +8,12 @@
 --          type history  {T}:h       zset score=updated ms, member=<id>/<n>
 --          live ids      {T}:ids     set
 -- then for cell j (1..M), KEYS[3N+2+j]: the cell hash {cells}:<id>  fields: v, d
+-- then for stream s (1..K), KEYS[3N+2+M+s]: the stream hash {blob}:<stream>,
+--          staged while it has a TTL; kept (PERSIST) with the writes
 -- ARGV[1]  N
 -- ARGV[2]  byte offset of the leaf index in a version value
--- then for write i, ARGV[2+10(i-1)+1 .. +10]:
+-- ARGV[3]  K
+-- then for write i, ARGV[3+10(i-1)+1 .. +10]:
 --   1 key prefix "fg:{T}:" (index keys are built from it)
 --   2 expected current version ("0" = must not exist)
 --   3 new version
@@ -23,12 +26,13 @@
 --          gp: key prefix of the guard's type}
 --   10 leaf data ("" = none): appended to the log, its index written into
 --      the version value at byte offset ARGV[2] (8 bytes, big endian)
--- then for cell j, ARGV[2+10N+3(j-1)+1 .. +3]: expected version ("0" = never
+-- then for cell j, ARGV[3+10N+3(j-1)+1 .. +3]: expected version ("0" = never
 -- written), new version, value.
--- Returns {'ok'}, {'erased'|'conflict'|'exists', write index from 0} or {'cell'}.
-local n = tonumber(ARGV[1])
+-- Returns {'ok'}, {'erased'|'conflict'|'exists', write index from 0},
+-- {'cell'} or {'keep'} (a stream is not staged: absent, or already kept).
+local n, nk = tonumber(ARGV[1]), tonumber(ARGV[3])
 local function key(i, k) return KEYS[2 + 3 * (i - 1) + k] end
-local function argv(i, k) return ARGV[2 + 10 * (i - 1) + k] end
+local function argv(i, k) return ARGV[3 + 10 * (i - 1) + k] end
 
 -- matches reports whether any live resource of the guard's type matches it.
 local function matches(gp, guard)
@@ -68,11 +72,18 @@ for i = 1, n do
   end
   specs[i] = spec
 end
-local c0, a0 = 2 + 3 * n, 2 + 10 * n
-local m = #KEYS - c0
+local c0, a0 = 2 + 3 * n, 3 + 10 * n
+local m = #KEYS - c0 - nk
 for j = 1, m do
   if (redis.call('HGET', KEYS[c0 + j], 'v') or '0') ~= ARGV[a0 + 3 * (j - 1) + 1] then
     return {'cell'}
+  end
+end
+-- PTTL: -2 absent (never written, dropped or expired), -1 kept.
+local s0 = c0 + m
+for s = 1, nk do
+  if redis.call('PTTL', KEYS[s0 + s]) < 0 then
+    return {'keep'}
   end
 end
 
@@ -102,5 +113,8 @@ end
 for j = 1, m do
   local b = a0 + 3 * (j - 1)
   redis.call('HSET', KEYS[c0 + j], 'v', ARGV[b + 2], 'd', ARGV[b + 3])
+end
+for s = 1, nk do
+  redis.call('PERSIST', KEYS[s0 + s])
 end
 return {'ok'}

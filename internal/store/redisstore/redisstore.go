@@ -19,6 +19,12 @@
 //
 //	fg:{cells}:<id>          hash: v -> version (decimal), d -> value
 //
+// Blob streams (store.Blobs) are one hash each, in the slot {blob}:
+//
+//	fg:{blob}:<stream>       hash: chunk index (decimal) -> chunk; staged
+//	                         while it has a TTL (store.StagedTTL from its
+//	                         last chunk), kept once a commit PERSISTs it
+//
 // The transparency log (anchor.Storage) is in the slot {log}:
 //
 //	fg:{log}:n               leaves committed (INCR in the commit script)
@@ -29,8 +35,9 @@
 //	fg:{log}:lease:<name>    the anchoring lease's holder, with a TTL
 //
 // Put and Commit run one script (commit.lua) that writes the versions of
-// any types, appends their leaves and sets cells, so it crosses slots: the
-// store needs a standalone Redis (or one primary), not Redis Cluster.
+// any types, appends their leaves, sets cells and keeps blob streams, so
+// it crosses slots: the store needs a standalone Redis (or one primary),
+// not Redis Cluster.
 //
 // The Bus (Publish, Subscribe) uses Redis PUBLISH and SUBSCRIBE on the
 // channel fg:bus:<topic>.
@@ -204,7 +211,9 @@ func (s *Store) Put(ctx context.Context, r store.Record, opts store.PutOptions) 
 
 // Commit implements store.Store. It reads the current version of every
 // resource it writes (their terms are replaced), then runs commit.lua,
-// which checks every condition again before it writes anything.
+// which checks every condition again before it writes anything, and that
+// every stream of c.Keep is staged (else the commit fails with
+// store.ErrNotFound); it PERSISTs them with the writes.
 func (s *Store) Commit(ctx context.Context, c store.Commit) error {
 	if err := store.CheckCommit(c); err != nil {
 		return err
@@ -224,10 +233,10 @@ func (s *Store) Commit(ctx context.Context, c store.Commit) error {
 			return err
 		}
 	}
-	keys := make([]string, 2, 2+3*len(c.Writes)+len(c.Cells))
+	keys := make([]string, 2, 2+3*len(c.Writes)+len(c.Cells)+len(c.Keep))
 	keys[0], keys[1] = s.logKey("n"), s.logKey("l")
-	args := make([]any, 2, 2+10*len(c.Writes)+3*len(c.Cells))
-	args[0], args[1] = len(c.Writes), store.LeafIndexOffset
+	args := make([]any, 3, 3+10*len(c.Writes)+3*len(c.Cells))
+	args[0], args[1], args[2] = len(c.Writes), store.LeafIndexOffset, len(c.Keep)
 	for i, w := range c.Writes {
 		cur := curs[i]
 		switch {
@@ -248,13 +257,19 @@ func (s *Store) Commit(ctx context.Context, c store.Commit) error {
 		keys = append(keys, s.cellKey(sc.ID))
 		args = append(args, sc.Version, sc.Version+1, sc.Value)
 	}
+	for _, stream := range c.Keep {
+		keys = append(keys, s.blobKey(stream))
+	}
 	res, err := commitScript.Run(ctx, s.rdb, keys, args...).Slice()
 	if err != nil {
 		return fail("commit", err)
 	}
 	reason, _ := res[0].(string)
-	if reason == "cell" {
+	switch reason {
+	case "cell":
 		return store.ErrCellChanged
+	case "keep":
+		return errNotStaged
 	}
 	if reason == "ok" {
 		return nil

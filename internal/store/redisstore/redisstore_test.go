@@ -3,10 +3,12 @@ package redisstore_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -38,6 +40,129 @@ func TestContract(t *testing.T) {
 		t.Cleanup(func() { s.Close() })
 		return s
 	})
+}
+
+func TestBlobs(t *testing.T) {
+	srv := redistest.Start(t)
+	storetest.RunBlobs(t, func(t *testing.T) store.Store {
+		s, err := redisstore.New(t.Context(), redisstore.Config{URL: srv.URL(), Prefix: fmt.Sprintf("t%d", n.Add(1))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	})
+}
+
+// TestBlobsTTL checks the raw stream key: staged, it expires within
+// store.StagedTTL, and a commit that fails leaves it so; once a commit
+// keeps it, it has no TTL.
+func TestBlobsTTL(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := t.Context()
+	s, err := redisstore.New(ctx, redisstore.Config{URL: srv.URL(), Prefix: "blob"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const key = "blob:{blob}:st"
+	ttl := func() time.Duration {
+		t.Helper()
+		d, err := s.Client().PTTL(ctx, key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	for i := range 2 {
+		if err := s.PutChunk(ctx, "st", i, []byte("chunk")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := ttl(); d <= 0 || d > store.StagedTTL {
+		t.Errorf("TTL of a staged stream = %v, want in (0, %v]", d, store.StagedTTL)
+	}
+	r := store.Record{Type: "Binary", ID: "b", Version: 2, Body: []byte(`{}`)}
+	if err := s.Commit(ctx, store.Commit{Writes: []store.Write{{Record: r}}, Keep: []string{"st"}}); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("Commit of a conflicting version = %v, want ErrConflict", err)
+	}
+	if d := ttl(); d <= 0 {
+		t.Errorf("TTL after a failed commit = %v, want > 0", d)
+	}
+	r.Version = 1
+	if err := s.Commit(ctx, store.Commit{Writes: []store.Write{{Record: r}}, Keep: []string{"st"}}); err != nil {
+		t.Fatal(err)
+	}
+	if d := ttl(); d != -1 {
+		t.Errorf("TTL of a kept stream = %v, want -1 (none)", d)
+	}
+	if n, err := s.Client().HLen(ctx, key).Result(); n != 2 || err != nil {
+		t.Errorf("kept stream has %d chunks, %v; want 2", n, err)
+	}
+}
+
+// TestServerLimits checks the test server takes a 200 MB upload: no
+// maxmemory, and bulk strings of a chunk's size.
+func TestServerLimits(t *testing.T) {
+	srv := redistest.Start(t)
+	s, err := redisstore.New(t.Context(), redisstore.Config{URL: srv.URL(), Prefix: "limits"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cfg, err := s.Client().ConfigGet(t.Context(), "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg["maxmemory"] != "0" {
+		t.Errorf("maxmemory = %s, want 0 (no limit)", cfg["maxmemory"])
+	}
+	if n, _ := strconv.Atoi(cfg["proto-max-bulk-len"]); n < store.MaxChunk {
+		t.Errorf("proto-max-bulk-len = %s, want >= %d", cfg["proto-max-bulk-len"], store.MaxChunk)
+	}
+}
+
+func BenchmarkPutChunk(b *testing.B) {
+	s := openBench(b)
+	chunk := storetest.Chunk(1, 1<<20)
+	b.SetBytes(int64(len(chunk)))
+	i := 0
+	for b.Loop() {
+		// Overwrite 64 chunks round robin: Redis holds 64 MiB.
+		if err := s.PutChunk(b.Context(), "bench", i%64, chunk); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+func BenchmarkGetChunk(b *testing.B) {
+	s := openBench(b)
+	chunk := storetest.Chunk(1, 1<<20)
+	for i := range 64 {
+		if err := s.PutChunk(b.Context(), "bench", i, chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.SetBytes(int64(len(chunk)))
+	i := 0
+	for b.Loop() {
+		if _, err := s.GetChunk(b.Context(), "bench", i%64); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+// openBench starts a server and opens a Store on it for a benchmark.
+func openBench(b *testing.B) *redisstore.Store {
+	srv := redistest.Start(b)
+	s, err := redisstore.New(b.Context(), redisstore.Config{URL: srv.URL(), Prefix: "bench"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	return s
 }
 
 func TestCrashConsistency(t *testing.T) {

@@ -73,6 +73,10 @@ func TestUnavailable(t *testing.T) {
 		{"LatestAnchor", func(ctx context.Context) error { _, _, err := s.LatestAnchor(ctx); return err }},
 		{"Lease", func(ctx context.Context) error { _, err := s.Lease(ctx, "anchor", "h", time.Second); return err }},
 		{"Publish", func(ctx context.Context) error { return s.Publish(ctx, "t", []byte("lost")) }},
+		{"PutChunk", func(ctx context.Context) error { return s.PutChunk(ctx, "st", 0, []byte("c")) }},
+		{"GetChunk", func(ctx context.Context) error { _, err := s.GetChunk(ctx, "st", 0); return err }},
+		{"DropStream", func(ctx context.Context) error { return s.DropStream(ctx, "st") }},
+		{"CommitKeep", func(ctx context.Context) error { return s.Commit(ctx, store.Commit{Keep: []string{"st"}}) }},
 	}
 	for _, op := range ops {
 		start := time.Now()
