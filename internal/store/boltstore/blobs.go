@@ -50,7 +50,8 @@ var errKept = fmt.Errorf("boltstore: put chunk: stream already kept: %w", store.
 
 // PutChunk implements store.Blobs, in one transaction: it stages stream
 // if it is new, and fails with an error matching store.ErrConflict if a
-// Commit kept it.
+// Commit kept it. Concurrent calls share a transaction (bolt's Batch), so
+// a writer that keeps several chunks in flight pays one fsync for them.
 func (s *Store) PutChunk(ctx context.Context, stream string, i int, chunk []byte) error {
 	if err := checkChunk("put chunk", stream, i); err != nil {
 		return err
@@ -58,7 +59,7 @@ func (s *Store) PutChunk(ctx context.Context, stream string, i int, chunk []byte
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.db.Batch(func(tx *bolt.Tx) error {
 		staged, chunks := tx.Bucket(bStaged), tx.Bucket(bChunks)
 		if !has(staged, []byte(stream)) {
 			prefix := streamPrefix(stream)

@@ -56,7 +56,7 @@ func (s *Store) Commit(ctx context.Context, c store.Commit) error {
 	if err := store.CheckCommit(c); err != nil {
 		return err
 	}
-	out := store.Commit{Writes: make([]store.Write, len(c.Writes)), Cells: make([]store.SetCell, len(c.Cells))}
+	out := store.Commit{Writes: make([]store.Write, len(c.Writes)), Cells: make([]store.SetCell, len(c.Cells)), Keep: c.Keep}
 	// Writes are sealed in parallel: a large commit (a transaction of
 	// many new patients) creates a data key per patient, each a store
 	// round trip, which the backends batch when they arrive together.
