@@ -42,7 +42,7 @@ func (ps Params) Compartments(typ, id string, doc map[string]any, base string) [
 // CompartmentType reports whether resources of typ can belong to a patient
 // compartment (see Compartments).
 func (ps Params) CompartmentType(typ string) bool {
-	return typ == "Patient" || ps.compartmentParam(typ) != nil
+	return typ == "Patient" || typ == "Binary" || ps.compartmentParam(typ) != nil
 }
 
 func (ps Params) compartmentParam(typ string) *SearchParam {
@@ -61,6 +61,9 @@ func (ps Params) compartments(typ, id string, doc map[string]any, base string, f
 	if typ == "Patient" {
 		return []string{"Patient/" + id}
 	}
+	if typ == "Binary" {
+		return binaryCompartments(doc, base, first)
+	}
 	sp := ps.compartmentParam(typ)
 	if sp == nil {
 		return nil
@@ -77,6 +80,56 @@ func (ps Params) compartments(typ, id string, doc map[string]any, base string, f
 				break
 			}
 		}
+	}
+	return out
+}
+
+// Extensions the server writes into a stored Binary's meta (Binary is a
+// Resource, without extensions of its own). A client's values for them
+// are replaced.
+const (
+	// BinarySHA256URL: valueBase64Binary, the SHA-256 of the content.
+	BinarySHA256URL = "https://fhirgate.dev/fhir/StructureDefinition/binary-sha256"
+	// BinarySizeURL: valueUnsignedInt, the content's size in bytes.
+	BinarySizeURL = "https://fhirgate.dev/fhir/StructureDefinition/binary-size"
+	// BinaryCompartmentURL: valueReference, a patient compartment of the
+	// resource the Binary's securityContext names, as it was when the
+	// version was written (one per compartment). Absent when the
+	// securityContext is a Patient itself.
+	BinaryCompartmentURL = "https://fhirgate.dev/fhir/StructureDefinition/binary-compartment"
+)
+
+// binaryCompartments: a Binary belongs to the compartments of the resource
+// its securityContext names, whose access rules apply to it: the Patient
+// it names, or the patients the server recorded in its meta
+// (BinaryCompartmentURL) for any other resource. Without a
+// securityContext it is in none.
+func binaryCompartments(doc map[string]any, base string, first bool) []string {
+	var out []string
+	add := func(ref any) {
+		m, _ := ref.(map[string]any)
+		s, _ := m["reference"].(string)
+		v := ParseReference(s, base)
+		if v.RefType != "Patient" || v.RefID == "" {
+			return
+		}
+		if r := "Patient/" + v.RefID; !slices.Contains(out, r) {
+			out = append(out, r)
+		}
+	}
+	add(doc["securityContext"])
+	meta, _ := doc["meta"].(map[string]any)
+	exts, _ := meta["extension"].([]any)
+	for _, e := range exts {
+		if first && len(out) > 0 {
+			break
+		}
+		if m, _ := e.(map[string]any); m["url"] == BinaryCompartmentURL {
+			add(m["valueReference"])
+		}
+	}
+	if first && len(out) > 1 {
+		out = out[:1]
 	}
 	return out
 }

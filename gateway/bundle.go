@@ -898,6 +898,9 @@ func (s *Server) buildEntry(r *http.Request, x *txEntry, now time.Time, base str
 			return nil, err
 		}
 	}
+	if err := s.checkAttachments(r, res); err != nil {
+		return nil, err
+	}
 	comps := s.params.Compartments(x.key.Type, x.key.ID, res.Doc, base)
 	action, all := "create", comps
 	if x.method == http.MethodPut && x.hasCur && !x.cur.Deleted {

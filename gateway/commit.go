@@ -21,6 +21,7 @@ type change struct {
 	// and cells (a practitioner's calendar) to commit with rec.
 	writes []store.Record
 	cells  []store.SetCell
+	keep   []string // staged blob streams (a Binary's content)
 }
 
 // A commitHook adds to c what must be committed atomically with it. It
@@ -46,11 +47,11 @@ func (s *Server) commit(r *http.Request, c *change) error {
 		return s.store.Put(r.Context(), c.rec, c.opts)
 	}
 	for attempt := 1; ; attempt++ {
-		c.writes, c.cells = nil, nil
+		c.writes, c.cells, c.keep = nil, nil, nil
 		if err := hook(r, c); err != nil {
 			return err
 		}
-		cm := store.Commit{Writes: []store.Write{{Record: c.rec, IfNoneMatch: c.opts.IfNoneMatch}}, Cells: c.cells}
+		cm := store.Commit{Writes: []store.Write{{Record: c.rec, IfNoneMatch: c.opts.IfNoneMatch}}, Cells: c.cells, Keep: c.keep}
 		for _, w := range c.writes {
 			cm.Writes = append(cm.Writes, store.Write{Record: w})
 		}

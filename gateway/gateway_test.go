@@ -141,7 +141,7 @@ func (r response) resource(t *testing.T) map[string]any {
 func (r response) want(t *testing.T, status int) response {
 	t.Helper()
 	if r.status != status {
-		t.Fatalf("status = %d, want %d; body %s", r.status, status, r.body)
+		t.Fatalf("status = %d, want %d; body %.2000q", r.status, status, r.body)
 	}
 	return r
 }

@@ -159,6 +159,9 @@ func (s *Server) write(r *http.Request, res *fhir.Resource, k store.Key, v int64
 			return store.Record{}, err
 		}
 	}
+	if err := s.checkAttachments(r, res); err != nil {
+		return store.Record{}, err
+	}
 	rec, err := s.encodeVersion(r, res, k, v, s.now().UTC().Truncate(time.Millisecond))
 	if err != nil {
 		return rec, err
@@ -310,6 +313,12 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	return s.createResource(w, r, res)
+}
+
+// createResource is create once the resource is read.
+func (s *Server) createResource(w http.ResponseWriter, r *http.Request, res *fhir.Resource) error {
+	t := res.Type
 	// R4: the server assigns the id; one in the body is ignored.
 	k := store.Key{Type: t, ID: newID()}
 	res.ID = k.ID

@@ -108,6 +108,19 @@ type Config struct {
 	// AnchorMaxLag is how long a leaf may wait for its anchor before
 	// /readyz says degraded (default DefaultAnchorMaxLag).
 	AnchorMaxLag time.Duration
+	// MaxBinary bounds a Binary's content (default DefaultMaxBinary, at
+	// most MaxBinaryLimit; 413 above).
+	MaxBinary int64
+	// MaxBinaryResource bounds the content served inside a Binary
+	// resource, as base64 data, to a client asking for FHIR JSON (default
+	// DefaultMaxBinaryResource; 413 above: the raw content is served at
+	// any size).
+	MaxBinaryResource int64
+	// BinaryTimeout is how long a Binary's content may take to upload or
+	// download, beyond the HTTP server's own read and write timeouts
+	// (default DefaultBinaryTimeout).
+	BinaryTimeout time.Duration
+
 	// Metrics are the Prometheus metrics /metrics serves. Nil: New makes
 	// them. Give them when something made before the Server reports to
 	// them: anchor.ObserveChain(chain, metrics.ObserveChainCall).
@@ -134,6 +147,9 @@ type Server struct {
 	prepare map[string]func(r *http.Request, res *fhir.Resource) error
 	hooks   map[string]commitHook
 	subs    *subscriptions
+	// blobs keeps Binary contents; nil when Store is not sealed (Binary
+	// resources are then stored like any other, data inline).
+	blobs blobStore
 }
 
 // New returns a Server.
@@ -170,6 +186,17 @@ func New(cfg Config) *Server {
 	if s.cfg.SubscriptionBackoff <= 0 {
 		s.cfg.SubscriptionBackoff = DefaultSubscriptionBackoff
 	}
+	if s.cfg.MaxBinary <= 0 {
+		s.cfg.MaxBinary = DefaultMaxBinary
+	}
+	s.cfg.MaxBinary = min(s.cfg.MaxBinary, MaxBinaryLimit)
+	if s.cfg.MaxBinaryResource <= 0 {
+		s.cfg.MaxBinaryResource = DefaultMaxBinaryResource
+	}
+	if s.cfg.BinaryTimeout <= 0 {
+		s.cfg.BinaryTimeout = DefaultBinaryTimeout
+	}
+	s.blobs, _ = s.store.(blobStore)
 	if s.cfg.AnchorMaxLag <= 0 {
 		s.cfg.AnchorMaxLag = DefaultAnchorMaxLag
 	}
@@ -192,6 +219,10 @@ func New(cfg Config) *Server {
 	s.consents = &consentSync{s: s}
 	s.hooks = map[string]commitHook{"Appointment": s.bookAppointment, "Slot": s.guardSlot, "Subscription": s.ownSubscription}
 	s.prepare = map[string]func(*http.Request, *fhir.Resource) error{"Subscription": s.prepareSubscription}
+	if s.blobs != nil {
+		s.hooks["Binary"] = s.keepBinary
+		s.prepare["Binary"] = s.prepareBinary
+	}
 	s.subs = newSubscriptions(s)
 	s.routes()
 	return s
@@ -251,6 +282,12 @@ func (s *Server) routes() {
 	f.Handle("/$log-consistency", s.wrap(s.logConsistency)).Methods(http.MethodGet).Name("log-consistency")
 	f.Handle("/{type}/{id}/_history/{vid}/$receipt", s.wrap(s.receipt)).Methods(http.MethodGet).Name("receipt")
 	f.Handle("/{type}/_history", s.wrap(s.typeHistory)).Methods(http.MethodGet).Name("history-type")
+	if s.blobs != nil {
+		f.Handle("/{type:Binary}/{id}/_history/{vid}", s.wrap(s.vreadBinary)).Methods(http.MethodGet, http.MethodHead).Name("vread")
+		f.Handle("/{type:Binary}/{id}", s.wrap(s.readBinary)).Methods(http.MethodGet, http.MethodHead).Name("read")
+		f.Handle("/{type:Binary}/{id}", s.wrap(s.updateBinary)).Methods(http.MethodPut).Name("update")
+		f.Handle("/{type:Binary}", s.wrap(s.createBinary)).Methods(http.MethodPost).Name("create")
+	}
 	f.Handle("/{type}/{id}/_history/{vid}", s.wrap(s.vread)).Methods(http.MethodGet).Name("vread")
 	f.Handle("/{type}/{id}/_history", s.wrap(s.instanceHistory)).Methods(http.MethodGet).Name("history-instance")
 	f.Handle("/{type}/{id}", s.wrap(s.read)).Methods(http.MethodGet, http.MethodHead).Name("read")
@@ -349,7 +386,12 @@ func (s *Server) negotiate(next http.Handler) http.Handler {
 			s.writeError(w, r, httpErr(http.StatusNotAcceptable, fhir.CodeNotSupported, "only JSON is supported (_format)"))
 			return
 		}
-		// Bulk Data output files are NDJSON (application/fhir+ndjson).
+		// Bulk Data output files are NDJSON (application/fhir+ndjson);
+		// a Binary's content is of any type.
+		if s.blobs != nil && binaryRoute(r, routeName(r)) {
+			next.ServeHTTP(w, r)
+			return
+		}
 		ndjson := strings.Contains(r.URL.Path, "/$export-file/")
 		if a := r.Header.Get("Accept"); a != "" && !ndjson && !acceptsJSON(a) {
 			s.writeError(w, r, httpErr(http.StatusNotAcceptable, fhir.CodeNotSupported, "only application/fhir+json and application/json are supported"))

@@ -35,6 +35,9 @@ type serveConfig struct {
 	MaxBody           int64
 	MaxBundleEntries  int
 	MaxBundleBody     int64
+	MaxBinary         int64
+	MaxBinaryResource int64
+	BinaryTimeout     time.Duration
 	ExportDir         string
 	EnforceReferences bool
 	LogFormat         string
@@ -109,6 +112,9 @@ func parseServe(args []string) (serveConfig, error) {
 	fs.Int64Var(&c.MaxBody, "max-body", gateway.DefaultMaxBody, "maximum request body in bytes (413 above)")
 	fs.IntVar(&c.MaxBundleEntries, "max-bundle-entries", gateway.DefaultMaxBundleEntries, "maximum entries of a batch or transaction Bundle (413 above)")
 	fs.Int64Var(&c.MaxBundleBody, "max-bundle-body", gateway.DefaultMaxBundleBody, "maximum batch or transaction Bundle body in bytes (413 above)")
+	fs.Int64Var(&c.MaxBinary, "max-binary", gateway.DefaultMaxBinary, "maximum size in bytes of a Binary's content, streamed in sealed chunks (413 above; at most 2147483647)")
+	fs.Int64Var(&c.MaxBinaryResource, "max-binary-resource", gateway.DefaultMaxBinaryResource, "largest Binary content served inside the Binary resource (base64 data) to a client asking for FHIR JSON (413 above; the raw content is served at any size)")
+	fs.DurationVar(&c.BinaryTimeout, "binary-timeout", gateway.DefaultBinaryTimeout, "time a Binary's content may take to upload or download, beyond --read-timeout and --write-timeout")
 	fs.StringVar(&c.ExportDir, "export-dir", "", "directory for Bulk Data $export output, encrypted (default: DATA-DIR/export)")
 	fs.BoolVar(&c.EnforceReferences, "enforce-references", false, "reject references to resources this server does not hold, and reference target types R4 does not allow (422)")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
@@ -232,6 +238,7 @@ func serve(ctx context.Context, args []string) error {
 	gcfg := gateway.Config{
 		Store: st, BaseURL: cfg.BaseURL, MaxBody: cfg.MaxBody,
 		MaxBundleEntries: cfg.MaxBundleEntries, MaxBundleBody: cfg.MaxBundleBody, ExportDir: exportDir,
+		MaxBinary: cfg.MaxBinary, MaxBinaryResource: cfg.MaxBinaryResource, BinaryTimeout: cfg.BinaryTimeout,
 		EnforceReferences: cfg.EnforceReferences, Logger: log, Version: version,
 		Auth: verifier, Policy: engine, SMART: smart, Log: merkleLog,
 		Anchor: anchorer, AnchorMaxLag: cfg.AnchorMaxLag, Metrics: metrics,
