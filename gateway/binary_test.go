@@ -525,6 +525,9 @@ func TestBinaryAccess(t *testing.T) {
 				t.Errorf("Binary/%s after erasure: %d", id, r.status)
 			}
 		}
+		if left := log.left(t); len(left) != 0 {
+			t.Errorf("%d streams of the erased patient's Binaries left", len(left))
+		}
 		for _, b := range kept {
 			br, err := st.OpenBlob(ctx, b)
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/fhirgate/fhirgate/fhir"
 	"github.com/fhirgate/fhirgate/internal/keys"
 	"github.com/fhirgate/fhirgate/internal/store"
+	"github.com/fhirgate/fhirgate/internal/store/sealed"
 	"github.com/fhirgate/fhirgate/policy"
 	"github.com/gorilla/mux"
 )
@@ -51,12 +52,16 @@ func (s *Server) erase(w http.ResponseWriter, r *http.Request) error {
 	if err := s.releaseBookings(r, owned.Owned, owner); err != nil {
 		return err
 	}
+	blobs, err := s.patientBlobs(r, owned.Owned, owner)
+	if err != nil {
+		return err
+	}
 	if err := s.cfg.Keys.Erase(ctx, owner); err != nil {
 		return err
 	}
 	erased := map[store.Key]bool{}
 	for _, t := range fhir.ResourceTypes() {
-		if t == "Patient" || s.params[t]["patient"] == nil && s.params[t]["subject"] == nil {
+		if t == "Patient" || !s.params.CompartmentType(t) {
 			continue // not a compartment type: nothing there is sealed under the patient's key
 		}
 		ids, err := owned.Owned(ctx, t, owner)
@@ -80,6 +85,13 @@ func (s *Server) erase(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	erased[k] = true
+	// The contents of the patient's Binaries no longer open (their key is
+	// gone); their chunks go too.
+	for _, b := range blobs {
+		if err := s.blobs.DropBlob(ctx, b); err != nil {
+			s.log.WarnContext(ctx, "erased Binary content not dropped (it cannot be read: its key is gone)", slog.Any("error", err))
+		}
+	}
 	s.metrics.erasures.Inc()
 	audit, err := s.recordErasure(r, k, len(erased))
 	if err != nil {
@@ -97,6 +109,54 @@ func (s *Server) erase(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", contentTypeFHIR)
 	w.Write(b)
 	return nil
+}
+
+// patientBlobs returns the contents of every version of the patient's
+// Binaries, read before their key goes. (An erasure interrupted after the
+// key went and re-run cannot find them any more: their chunks stay, and
+// no longer open.)
+func (s *Server) patientBlobs(r *http.Request, owned func(ctx context.Context, t, owner string) ([]string, error), owner string) ([]sealed.Blob, error) {
+	if s.blobs == nil {
+		return nil, nil
+	}
+	ctx := r.Context()
+	ids, err := owned(ctx, "Binary", owner)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out []sealed.Blob
+	for _, id := range ids {
+		versions, _, err := s.store.History(ctx, store.HistoryQuery{Type: "Binary", ID: id})
+		if errors.Is(err, store.ErrErased) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		for _, v := range versions {
+			if v.Deleted {
+				continue
+			}
+			doc, err := fhir.DecodeStored(v.Body)
+			if err != nil {
+				return nil, err
+			}
+			sum, _, ok := binaryContent(doc)
+			if !ok {
+				continue
+			}
+			b, cellVersion, err := s.blobs.FindBlob(ctx, s.blobs.KeyID(owner), sum)
+			if err != nil {
+				return nil, err
+			}
+			if cellVersion > 0 && !seen[b.Stream] {
+				seen[b.Stream] = true
+				out = append(out, b)
+			}
+		}
+	}
+	return out, nil
 }
 
 // releaseBookings deletes the patient's Appointments that hold time, so
