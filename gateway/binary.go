@@ -222,7 +222,11 @@ func (s *Server) readBinaryUpload(w http.ResponseWriter, r *http.Request, k stor
 			return nil, fhir.Errorf(http.StatusUnprocessableEntity, fhir.CodeInvalid, "Binary.id", "the resource id does not match the URL")
 		}
 	}
-	doc := res.Doc
+	return uploadOf(res.Doc)
+}
+
+// uploadOf is the upload of a Binary sent as a resource.
+func uploadOf(doc map[string]any) (*binaryUpload, error) {
 	up := &binaryUpload{doc: map[string]any{}}
 	up.contentType, _ = doc["contentType"].(string)
 	up.context, _ = doc["securityContext"].(map[string]any)
@@ -350,14 +354,19 @@ func binaryContent(doc map[string]any) (sum [sha256.Size]byte, size int64, ok bo
 }
 
 // prepareBinary checks a Binary version before it is encoded: its content
-// must have been streamed by this request (writeBinary). A Binary written
-// any other way (a transaction entry, a conditional update) is refused
-// rather than stored with its data inline.
+// must have been streamed by this request (writeBinary). In a transaction
+// it stores the entry's base64 data now, staged until the transaction
+// commits, and turns res into the Binary that names it. A Binary written
+// any other way (a conditional update) is refused rather than stored with
+// its data inline.
 func (s *Server) prepareBinary(r *http.Request, res *fhir.Resource) error {
 	sb := stagedBlobFrom(r)
+	if p := pendingFrom(r); sb == nil && p != nil {
+		return s.stageTransactionBinary(r, p, res)
+	}
 	if sb == nil {
 		return fhir.Errorf(http.StatusUnprocessableEntity, fhir.CodeNotSupported, "Binary",
-			"a Binary is written by POST /Binary or PUT /Binary/{id}, not in a transaction or by a conditional update")
+			"a Binary is written by POST /Binary, PUT /Binary/{id} or in a transaction, not by a conditional update")
 	}
 	sum, size, ok := binaryContent(res.Doc)
 	if !ok || sum != sb.b.SHA256 || size != sb.b.Size {
@@ -366,12 +375,71 @@ func (s *Server) prepareBinary(r *http.Request, res *fhir.Resource) error {
 	return nil
 }
 
+// stageTransactionBinary stores the data of a transaction's Binary entry
+// as a staged blob of the transaction, and makes res the Binary that names
+// it.
+func (s *Server) stageTransactionBinary(r *http.Request, p *pending, res *fhir.Resource) error {
+	up, err := uploadOf(res.Doc)
+	if err != nil {
+		return err
+	}
+	comps, ext, err := s.binaryContext(r, up.context)
+	if err != nil {
+		return err
+	}
+	owner := ""
+	if len(comps) > 0 {
+		owner = comps[0]
+	}
+	b, err := s.blobs.WriteBlob(r.Context(), owner, up.content)
+	if err != nil {
+		return err
+	}
+	if sb, ok := p.blobs[b.Cell()]; ok {
+		// The same content as an earlier entry's: name that one.
+		if err := s.blobs.DropBlob(context.WithoutCancel(r.Context()), b); err != nil {
+			s.log.WarnContext(r.Context(), "a staged Binary content was not dropped; it expires", slog.Any("error", err))
+		}
+		b = sb.b
+	} else {
+		p.blobs[b.Cell()] = &stagedBlob{b: b}
+	}
+	bin, err := binaryResource(res.ID, up, b, ext)
+	if err != nil {
+		return err
+	}
+	bin.Warnings = res.Warnings
+	*res = *bin
+	return nil
+}
+
+// dropStaged drops the Binary contents a transaction staged and did not
+// keep (all of them when it did not commit).
+func (s *Server) dropStaged(r *http.Request, p *pending, committed bool) {
+	for _, sb := range p.blobs {
+		if committed && sb.kept {
+			continue
+		}
+		if err := s.blobs.DropBlob(context.WithoutCancel(r.Context()), sb.b); err != nil {
+			s.log.WarnContext(r.Context(), "a staged Binary content was not dropped; it expires", slog.Any("error", err))
+		}
+	}
+}
+
 // keepBinary is the Binary commit hook: the commit keeps the request's
 // staged content and records it in its cell, unless the same content is
 // stored already under the data key; then the version names that one.
 func (s *Server) keepBinary(r *http.Request, c *change) error {
+	if c.rec.Deleted {
+		return nil
+	}
 	sb := stagedBlobFrom(r)
-	if sb == nil || c.rec.Deleted {
+	if p := pendingFrom(r); sb == nil && p != nil {
+		sum, _, _ := binaryContent(c.doc)
+		owner := s.params.Owner("Binary", c.rec.ID, c.doc, s.base(r))
+		sb = p.blobs[sealed.BlobCell(s.blobs.KeyID(owner), sum)]
+	}
+	if sb == nil {
 		return nil
 	}
 	sb.kept = false
@@ -744,7 +812,13 @@ func (s *Server) attachedBlob(r *http.Request, url string) (*sealed.Blob, bool, 
 		content, _ := base64.StdEncoding.DecodeString(data)
 		return &sealed.Blob{Size: int64(len(content)), SHA256: sha256.Sum256(content), SHA1: sha1.Sum(content)}, true, nil
 	}
-	b, cellVersion, err := s.blobs.FindBlob(r.Context(), s.blobs.KeyID(s.params.Owner("Binary", rec.ID, doc, base)), sum)
+	keyID := s.blobs.KeyID(s.params.Owner("Binary", rec.ID, doc, base))
+	if p := pendingFrom(r); p != nil {
+		if sb := p.blobs[sealed.BlobCell(keyID, sum)]; sb != nil {
+			return &sb.b, true, nil // written by this transaction
+		}
+	}
+	b, cellVersion, err := s.blobs.FindBlob(r.Context(), keyID, sum)
 	if err != nil {
 		return nil, true, err
 	}

@@ -552,3 +552,46 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestBinaryInTransaction: a transaction's Binary entry (base64 data) is
+// stored as any Binary is, and a DocumentReference of the same
+// transaction may name it with its digest; a transaction that fails
+// leaves none of its contents behind.
+func TestBinaryInTransaction(t *testing.T) {
+	eachBlobStore(t, func(t *testing.T, st *sealed.Store, log *streamLog) {
+		s := newServer(t, gateway.Config{Store: st})
+		content := randomBytes(sealed.ChunkSize + 99)
+		tx := func(hash string) string {
+			return `{"resourceType":"Bundle","type":"transaction","entry":[
+			  {"fullUrl":"urn:uuid:6f3a2b1c-0000-4000-8000-000000000001","resource":{"resourceType":"Patient","name":[{"family":"Tx"}]},"request":{"method":"POST","url":"Patient"}},
+			  {"fullUrl":"urn:uuid:6f3a2b1c-0000-4000-8000-000000000002","resource":{"resourceType":"Binary","contentType":"application/pdf",
+			    "securityContext":{"reference":"urn:uuid:6f3a2b1c-0000-4000-8000-000000000001"},"data":"` + base64.StdEncoding.EncodeToString(content) + `"},
+			   "request":{"method":"POST","url":"Binary"}},
+			  {"resource":{"resourceType":"DocumentReference","status":"current","subject":{"reference":"urn:uuid:6f3a2b1c-0000-4000-8000-000000000001"},
+			    "content":[{"attachment":{"contentType":"application/pdf","url":"urn:uuid:6f3a2b1c-0000-4000-8000-000000000002","hash":"` + hash + `","size":` + strconv.Itoa(len(content)) + `}}]},
+			   "request":{"method":"POST","url":"DocumentReference"}}]}`
+		}
+		s.do(t, http.MethodPost, "", tx(sha1b64(randomBytes(3)))).wantOutcome(t, http.StatusUnprocessableEntity)
+		if left := log.left(t); len(left) != 0 || len(log.written()) == 0 {
+			t.Errorf("a failed transaction: %d streams written, %d left", len(log.written()), len(left))
+		}
+		r := s.do(t, http.MethodPost, "", tx(sha1b64(content))).want(t, http.StatusOK).bundle(t)
+		var binID, patID string
+		for _, e := range r.Entry {
+			loc := e.Response.Location
+			if strings.HasPrefix(loc, "Binary/") {
+				binID = strings.Split(loc, "/")[1]
+			}
+			if strings.HasPrefix(loc, "Patient/") {
+				patID = strings.Split(loc, "/")[1]
+			}
+		}
+		got := s.do(t, http.MethodGet, "/Binary/"+binID, "").want(t, http.StatusOK)
+		if !bytes.Equal(got.body, content) || got.header.Get("X-Security-Context") != "Patient/"+patID {
+			t.Errorf("the transaction's Binary reads %d bytes, securityContext %q", len(got.body), got.header.Get("X-Security-Context"))
+		}
+		if left := log.left(t); len(left) != 1 {
+			t.Errorf("%d streams kept, want 1", len(left))
+		}
+	})
+}

@@ -588,10 +588,13 @@ func (s *Server) transactionAttempt(r *http.Request, txs []*txEntry, order []int
 		x.perr = err
 	})
 	now := s.now().UTC().Truncate(time.Millisecond)
-	p := &pending{recs: map[store.Key]store.Record{}, cells: map[string]store.Cell{}}
+	p := &pending{recs: map[store.Key]store.Record{}, cells: map[string]store.Cell{}, blobs: map[string]*stagedBlob{}}
 	pr := r.WithContext(context.WithValue(r.Context(), pendingKey{}, p))
+	committed := false
+	defer func() { s.dropStaged(r, p, committed) }()
 	var (
 		writes []store.Write
+		keep   []string
 		cells  []store.SetCell
 		cellAt = map[string]int{}
 		staged []store.Record // every version written, for notifications
@@ -637,6 +640,7 @@ func (s *Server) transactionAttempt(r *http.Request, txs []*txEntry, order []int
 			}
 			s.touchRecord(pr, hw, comps)
 		}
+		keep = append(keep, c.keep...)
 		for _, sc := range c.cells {
 			p.cells[sc.ID] = store.Cell{ID: sc.ID, Version: sc.Version, Value: sc.Value}
 			if j, ok := cellAt[sc.ID]; ok {
@@ -665,7 +669,7 @@ func (s *Server) transactionAttempt(r *http.Request, txs []*txEntry, order []int
 	}
 	// 4. One atomic commit.
 	if len(writes) > 0 {
-		if err := s.store.Commit(r.Context(), store.Commit{Writes: writes, Cells: cells}); err != nil {
+		if err := s.store.Commit(r.Context(), store.Commit{Writes: writes, Cells: cells, Keep: keep}); err != nil {
 			var we *store.WriteError
 			if errors.As(err, &we) && we.Index < len(staged) && errors.Is(we.Err, store.ErrErased) {
 				return nil, we.Err
@@ -673,6 +677,7 @@ func (s *Server) transactionAttempt(r *http.Request, txs []*txEntry, order []int
 			return nil, err
 		}
 	}
+	committed = true
 	if a != nil && !s.cfg.NoAudit {
 		a.audited = true
 	}

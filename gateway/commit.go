@@ -89,6 +89,9 @@ type pending struct {
 	// cells hold the staged value with the version read from the store,
 	// which is what the commit's compare-and-set expects.
 	cells map[string]store.Cell
+	// blobs are the Binary contents the transaction's entries streamed to
+	// the store, by cell id; what its commit does not keep is dropped.
+	blobs map[string]*stagedBlob
 }
 
 type pendingKey struct{}

@@ -201,8 +201,9 @@ type bundleJSON struct {
 			URL    string `json:"url"`
 		} `json:"request"`
 		Response *struct {
-			Status string `json:"status"`
-			Etag   string `json:"etag"`
+			Status   string `json:"status"`
+			Etag     string `json:"etag"`
+			Location string `json:"location"`
 		} `json:"response"`
 	} `json:"entry"`
 }
