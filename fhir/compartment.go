@@ -1,6 +1,12 @@
 package fhir
 
-import "slices"
+import (
+	"crypto/sha256"
+	"encoding/base64"
+	"fmt"
+	"slices"
+	"strconv"
+)
 
 // compartmentPaths lists the types whose R4 Patient CompartmentDefinition
 // (compartmentdefinition-patient) names more than their `patient` search
@@ -132,4 +138,28 @@ func binaryCompartments(doc map[string]any, base string, first bool) []string {
 		out = out[:1]
 	}
 	return out
+}
+
+// BinaryContent returns the digest and size a stored Binary records;
+// ok is false for a Binary without them (one stored with its data
+// inline).
+func BinaryContent(doc map[string]any) (sum [sha256.Size]byte, size int64, ok bool) {
+	meta, _ := doc["meta"].(map[string]any)
+	exts, _ := meta["extension"].([]any)
+	var haveSum, haveSize bool
+	for _, e := range exts {
+		m, _ := e.(map[string]any)
+		switch m["url"] {
+		case BinarySHA256URL:
+			s, _ := m["valueBase64Binary"].(string)
+			b, err := base64.StdEncoding.DecodeString(s)
+			haveSum = err == nil && len(b) == sha256.Size
+			copy(sum[:], b)
+		case BinarySizeURL:
+			n, err := strconv.ParseInt(fmt.Sprint(m["valueUnsignedInt"]), 10, 64)
+			haveSize = err == nil && n >= 0
+			size = n
+		}
+	}
+	return sum, size, haveSum && haveSize
 }

@@ -329,30 +329,6 @@ func serverExtension(url any) bool {
 	return false
 }
 
-// binaryContent returns the digest and size a stored Binary records;
-// ok is false for a Binary without them (one stored with its data
-// inline, before the server kept contents apart).
-func binaryContent(doc map[string]any) (sum [sha256.Size]byte, size int64, ok bool) {
-	meta, _ := doc["meta"].(map[string]any)
-	exts, _ := meta["extension"].([]any)
-	var haveSum, haveSize bool
-	for _, e := range exts {
-		m, _ := e.(map[string]any)
-		switch m["url"] {
-		case fhir.BinarySHA256URL:
-			s, _ := m["valueBase64Binary"].(string)
-			b, err := base64.StdEncoding.DecodeString(s)
-			haveSum = err == nil && len(b) == sha256.Size
-			copy(sum[:], b)
-		case fhir.BinarySizeURL:
-			n, err := strconv.ParseInt(fmt.Sprint(m["valueUnsignedInt"]), 10, 64)
-			haveSize = err == nil && n >= 0
-			size = n
-		}
-	}
-	return sum, size, haveSum && haveSize
-}
-
 // prepareBinary checks a Binary version before it is encoded: its content
 // must have been streamed by this request (writeBinary). In a transaction
 // it stores the entry's base64 data now, staged until the transaction
@@ -368,7 +344,7 @@ func (s *Server) prepareBinary(r *http.Request, res *fhir.Resource) error {
 		return fhir.Errorf(http.StatusUnprocessableEntity, fhir.CodeNotSupported, "Binary",
 			"a Binary is written by POST /Binary, PUT /Binary/{id} or in a transaction, not by a conditional update")
 	}
-	sum, size, ok := binaryContent(res.Doc)
+	sum, size, ok := fhir.BinaryContent(res.Doc)
 	if !ok || sum != sb.b.SHA256 || size != sb.b.Size {
 		return errors.New("gateway: Binary version does not name the content its request stored")
 	}
@@ -435,7 +411,7 @@ func (s *Server) keepBinary(r *http.Request, c *change) error {
 	}
 	sb := stagedBlobFrom(r)
 	if p := pendingFrom(r); sb == nil && p != nil {
-		sum, _, _ := binaryContent(c.doc)
+		sum, _, _ := fhir.BinaryContent(c.doc)
 		owner := s.params.Owner("Binary", c.rec.ID, c.doc, s.base(r))
 		sb = p.blobs[sealed.BlobCell(s.blobs.KeyID(owner), sum)]
 	}
@@ -489,7 +465,7 @@ func (s *Server) serveBinaryVersion(w http.ResponseWriter, r *http.Request, rec 
 	if err != nil {
 		return err
 	}
-	sum, size, ok := binaryContent(doc)
+	sum, size, ok := fhir.BinaryContent(doc)
 	contentType, _ := doc["contentType"].(string)
 	if !ok {
 		return s.serveInlineBinary(w, r, rec, doc, contentType)
@@ -806,7 +782,7 @@ func (s *Server) attachedBlob(r *http.Request, url string) (*sealed.Blob, bool, 
 	if err != nil {
 		return nil, true, err
 	}
-	sum, size, ok := binaryContent(doc)
+	sum, size, ok := fhir.BinaryContent(doc)
 	if !ok {
 		data, _ := doc["data"].(string)
 		content, _ := base64.StdEncoding.DecodeString(data)

@@ -142,7 +142,7 @@ func (s *Server) patientBlobs(r *http.Request, owned func(ctx context.Context, t
 			if err != nil {
 				return nil, err
 			}
-			sum, _, ok := binaryContent(doc)
+			sum, _, ok := fhir.BinaryContent(doc)
 			if !ok {
 				continue
 			}

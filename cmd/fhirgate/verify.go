@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -18,6 +21,7 @@ import (
 	"github.com/ethereum/go-ethereum/ethclient"
 	"github.com/fhirgate/fhirgate/anchor"
 	"github.com/fhirgate/fhirgate/anchor/evm"
+	"github.com/fhirgate/fhirgate/fhir"
 )
 
 // errFailed makes the process exit 1 after a FAIL was printed.
@@ -29,12 +33,13 @@ func verifyCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
 	receiptFile := fs.String("receipt", "", "receipt JSON file (from GET …/_history/{vid}/$receipt)")
 	resourceFile := fs.String("resource", "", "the version as vread served it (optional: checks its digest)")
+	contentFile := fs.String("content", "", "a Binary's content (the file GET /Binary/{id} served; with --resource: checks its SHA-256 and size against those the version records)")
 	rpc := fs.String("rpc", "", "Ethereum JSON-RPC URL of a node of the receipt's chain")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *receiptFile == "" || *rpc == "" {
-		return errors.New("usage: fhirgate verify --receipt FILE [--resource FILE] --rpc URL")
+	if *receiptFile == "" || *rpc == "" || *contentFile != "" && *resourceFile == "" {
+		return errors.New("usage: fhirgate verify --receipt FILE [--resource FILE [--content FILE]] --rpc URL")
 	}
 	b, err := os.ReadFile(*receiptFile)
 	if err != nil {
@@ -48,6 +53,9 @@ func verifyCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	if *resourceFile != "" {
 		if resource, err = os.ReadFile(*resourceFile); err != nil {
 			return err
+		}
+		if resource, err = binaryVersion(resource, *contentFile); err != nil {
+			return failed(stdout, "content", err)
 		}
 	}
 	if !common.IsHexAddress(rc.Anchor.Contract) {
@@ -74,6 +82,9 @@ func verifyCmd(ctx context.Context, args []string, stdout io.Writer) error {
 	what := "leaf"
 	if resource != nil {
 		what = "resource version"
+	}
+	if *contentFile != "" {
+		what = "Binary version with this content"
 	}
 	fmt.Fprintf(stdout, "PASS: the %s is leaf %d of the tree of size %d whose root %s is anchored on chain %d at %s\n",
 		what, rc.LeafIndex, rc.TreeSize, rc.RootHash, rc.Anchor.ChainID, rc.Anchor.Contract)
@@ -187,4 +198,61 @@ func getJSON(ctx context.Context, u string, v any) error {
 		return fmt.Errorf("GET %s: %s: %s", u, resp.Status, strings.TrimSpace(string(b)))
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// binaryVersion prepares a Binary version for its digest check. A Binary's
+// leaf commits to its version without data, which records the SHA-256 and
+// size of the content in meta: data served inside the resource (FHIR JSON
+// read) must match them and is taken out; a content file (contentFile, if
+// set) must match them too. Other resources are returned as they are.
+func binaryVersion(resource []byte, contentFile string) ([]byte, error) {
+	dec := json.NewDecoder(bytes.NewReader(resource))
+	dec.UseNumber()
+	var doc map[string]any
+	if err := dec.Decode(&doc); err != nil || doc["resourceType"] != "Binary" {
+		if contentFile != "" {
+			return nil, errors.New("--content is for a Binary, and --resource is not one")
+		}
+		return resource, nil
+	}
+	sum, size, ok := fhir.BinaryContent(doc)
+	if !ok {
+		if contentFile != "" {
+			return nil, errors.New("the Binary records no SHA-256 and size of its content")
+		}
+		return resource, nil
+	}
+	check := func(what string, r io.Reader) error {
+		h := sha256.New()
+		n, err := io.Copy(h, r)
+		if err != nil {
+			return err
+		}
+		if n != size || !bytes.Equal(h.Sum(nil), sum[:]) {
+			return fmt.Errorf("the %s (%d bytes) is not the content the version records (%d bytes, SHA-256 %x)", what, n, size, sum)
+		}
+		return nil
+	}
+	if data, ok := doc["data"].(string); ok {
+		if err := check("data in the resource", base64.NewDecoder(base64.StdEncoding, strings.NewReader(data))); err != nil {
+			return nil, err
+		}
+		delete(doc, "data")
+		b, err := json.Marshal(doc)
+		if err != nil {
+			return nil, err
+		}
+		resource = b
+	}
+	if contentFile != "" {
+		f, err := os.Open(contentFile)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := check("content file", f); err != nil {
+			return nil, err
+		}
+	}
+	return resource, nil
 }
