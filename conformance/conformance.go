@@ -191,6 +191,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		{"invalid", r.invalidSuite},
 		{"errors", r.errorsSuite},
 		{"bundles", r.bundlesSuite},
+		{"binary", r.binarySuite},
 		{"search", r.searchSuite},
 		{"race", r.raceSuite},
 		{"auth", r.authSuite},
