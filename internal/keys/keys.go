@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"slices"
 	"sync"
 	"time"
 
@@ -273,14 +274,21 @@ const envelopeV1 = 1
 // Seal encrypts plaintext under owner's data key (created on first use),
 // bound to name.
 func (m *Manager) Seal(ctx context.Context, owner, name string, plaintext []byte) ([]byte, error) {
+	return m.AppendSeal(ctx, nil, owner, name, plaintext)
+}
+
+// AppendSeal is Seal appending to dst, which it grows only when its
+// capacity is short: a caller sealing many large values reuses one
+// buffer.
+func (m *Manager) AppendSeal(ctx context.Context, dst []byte, owner, name string, plaintext []byte) ([]byte, error) {
 	id := m.DataKeyID(owner)
 	aead, err := m.dataKey(ctx, id, true)
 	if err != nil {
 		return nil, err
 	}
-	hdr := make([]byte, 0, 2+len(id)+aead.NonceSize()+len(plaintext)+aead.Overhead())
-	hdr = append(append(hdr, envelopeV1, byte(len(id))), id...)
-	return seal(aead, hdr, plaintext, envelopeAAD(id, name)), nil
+	dst = slices.Grow(dst, 2+len(id)+aead.NonceSize()+len(plaintext)+aead.Overhead())
+	dst = append(append(dst, envelopeV1, byte(len(id))), id...)
+	return seal(aead, dst, plaintext, envelopeAAD(id, name)), nil
 }
 
 // Open decrypts a Seal output bound to name. It fails with ErrIntegrity

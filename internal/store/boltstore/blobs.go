@@ -1,41 +1,46 @@
 package boltstore
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"io/fs"
 	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"time"
 
 	"github.com/fhirgate/fhirgate/internal/store"
 	bolt "go.etcd.io/bbolt"
 )
 
-// Blob streams (store.Blobs). A stream's chunks are in bChunks; a staged
-// stream also has its marker in bStaged, which a Commit that keeps it
-// deletes. Since only one process opens the file, a marker found when the
-// store is opened was left by a writer that crashed or never kept its
-// stream: New sweeps it with its chunks.
+// Blob streams (store.Blobs) are files beside the database, not values in
+// it: chunk i of a stream is the file blobs/{stream}/{i}. (bbolt keeps
+// values in its memory map and rewrites a leaf's values on every commit,
+// so megabyte chunks would cost the gateway's memory the size of the file
+// and several times the content in writes.) A staged stream has its
+// marker in bStaged; a Commit that keeps it syncs its files first, then
+// deletes the marker in the transaction of its writes. Since only one
+// process opens the database, a marker found when the store is opened was
+// left by a writer that crashed or never kept its stream: New removes the
+// stream.
 
 var _ store.Blobs = (*Store)(nil)
 
-// chunkKey returns the key of chunk i of stream: stream\0i(4).
-func chunkKey(stream string, i int) []byte {
-	return binary.BigEndian.AppendUint32(streamPrefix(stream), uint32(i))
-}
+// blobsDir is the directory of the streams, under Config.Dir.
+const blobsDir = "blobs"
 
-// streamPrefix returns the prefix of the keys of stream's chunks.
-func streamPrefix(stream string) []byte {
-	return append([]byte(stream), 0)
-}
+// streamIDRE is what a stream id may be: a file name on any system.
+var streamIDRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,128}$`)
 
-// checkChunk rejects what chunkKey cannot encode without ambiguity: an
-// empty stream id, one containing 0x00 (its prefix would cover another
-// stream's chunks), an index outside 0..MaxUint32.
+// checkChunk rejects a stream id that is not a plain file name and an
+// index outside 0..MaxUint32.
 func checkChunk(op, stream string, i int) error {
 	switch {
-	case stream == "" || bytes.IndexByte([]byte(stream), 0) >= 0:
+	case !streamIDRE.MatchString(stream):
 		return fmt.Errorf("boltstore: %s: invalid stream id", op)
 	case i < 0 || uint64(i) > math.MaxUint32:
 		return fmt.Errorf("boltstore: %s: chunk index out of range", op)
@@ -43,15 +48,21 @@ func checkChunk(op, stream string, i int) error {
 	return nil
 }
 
+func (s *Store) streamDir(stream string) string { return filepath.Join(s.dir, blobsDir, stream) }
+
+func (s *Store) chunkPath(stream string, i int) string {
+	return filepath.Join(s.streamDir(stream), strconv.Itoa(i))
+}
+
 // errKept is PutChunk's error for a stream a Commit kept: its chunks are
-// permanent, and writing one would stage it again (and so sweep it at the
+// permanent, and writing one would stage it again (and so remove it at the
 // next open).
 var errKept = fmt.Errorf("boltstore: put chunk: stream already kept: %w", store.ErrConflict)
 
-// PutChunk implements store.Blobs, in one transaction: it stages stream
-// if it is new, and fails with an error matching store.ErrConflict if a
-// Commit kept it. Concurrent calls share a transaction (bolt's Batch), so
-// a writer that keeps several chunks in flight pays one fsync for them.
+// PutChunk implements store.Blobs: it stages stream if it is new (one
+// transaction per stream), and fails with an error matching
+// store.ErrConflict if a Commit kept it. The chunk's file is synced when
+// a Commit keeps the stream.
 func (s *Store) PutChunk(ctx context.Context, stream string, i int, chunk []byte) error {
 	if err := checkChunk("put chunk", stream, i); err != nil {
 		return err
@@ -59,20 +70,44 @@ func (s *Store) PutChunk(ctx context.Context, stream string, i int, chunk []byte
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.Batch(func(tx *bolt.Tx) error {
-		staged, chunks := tx.Bucket(bStaged), tx.Bucket(bChunks)
-		if !has(staged, []byte(stream)) {
-			prefix := streamPrefix(stream)
-			if k, _ := chunks.Cursor().Seek(prefix); k != nil && bytes.HasPrefix(k, prefix) {
-				return errKept
-			}
-			created := binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))
-			if err := staged.Put([]byte(stream), created); err != nil {
-				return err
-			}
+	if err := s.stage(stream); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(s.streamDir(stream), 0o700); err != nil {
+		return fmt.Errorf("boltstore: put chunk: %w", err)
+	}
+	if err := os.WriteFile(s.chunkPath(stream, i), chunk, 0o600); err != nil {
+		return fmt.Errorf("boltstore: put chunk: %w", err)
+	}
+	return nil
+}
+
+// stage marks stream staged, unless this process did so already.
+func (s *Store) stage(stream string) error {
+	s.mu.Lock()
+	done := s.staged[stream]
+	s.mu.Unlock()
+	if done {
+		return nil
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		staged := tx.Bucket(bStaged)
+		if has(staged, []byte(stream)) {
+			return nil
 		}
-		return chunks.Put(chunkKey(stream, i), chunk)
+		if _, err := os.Stat(s.streamDir(stream)); err == nil {
+			return errKept
+		}
+		created := binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano()))
+		return staged.Put([]byte(stream), created)
 	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.staged[stream] = true
+	s.mu.Unlock()
+	return nil
 }
 
 // GetChunk implements store.Blobs.
@@ -80,20 +115,17 @@ func (s *Store) GetChunk(ctx context.Context, stream string, i int) ([]byte, err
 	if err := checkChunk("get chunk", stream, i); err != nil {
 		return nil, err
 	}
-	var out []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v, ok := lookup(tx.Bucket(bChunks), chunkKey(stream, i))
-		if !ok {
-			return store.ErrNotFound
-		}
-		// v is only valid inside the transaction.
-		out = append(make([]byte, 0, len(v)), v...)
-		return nil
-	})
-	return out, err
+	b, err := os.ReadFile(s.chunkPath(stream, i))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, store.ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("boltstore: get chunk: %w", err)
+	}
+	return b, nil
 }
 
-// DropStream implements store.Blobs, in one transaction.
+// DropStream implements store.Blobs.
 func (s *Store) DropStream(ctx context.Context, stream string) error {
 	if err := checkChunk("drop stream", stream, 0); err != nil {
 		return err
@@ -101,25 +133,60 @@ func (s *Store) DropStream(ctx context.Context, stream string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error { return dropStream(tx, stream) })
+	if err := os.RemoveAll(s.streamDir(stream)); err != nil {
+		return fmt.Errorf("boltstore: drop stream: %w", err)
+	}
+	s.mu.Lock()
+	delete(s.staged, stream)
+	s.mu.Unlock()
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if staged := tx.Bucket(bStaged); has(staged, []byte(stream)) {
+			return staged.Delete([]byte(stream))
+		}
+		return nil
+	})
 }
 
-// dropStream deletes stream's chunks and its staged marker.
-func dropStream(tx *bolt.Tx, stream string) error {
-	chunks := tx.Bucket(bChunks)
-	prefix := streamPrefix(stream)
-	// Collect first: deleting under a cursor can make it skip keys.
-	var keys [][]byte
-	c := chunks.Cursor()
-	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-		keys = append(keys, bytes.Clone(k))
+// syncStreams makes the files of the streams a Commit keeps durable
+// before the commit names them.
+func (s *Store) syncStreams(keep []string) error {
+	if len(keep) == 0 {
+		return nil
 	}
-	for _, k := range keys {
-		if err := chunks.Delete(k); err != nil {
+	for _, stream := range keep {
+		if !streamIDRE.MatchString(stream) {
+			return errNotStaged
+		}
+		dir := s.streamDir(stream)
+		entries, err := os.ReadDir(dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // checkKeep decides: a stream with no chunk yet
+		}
+		if err != nil {
+			return fmt.Errorf("boltstore: commit: keep: %w", err)
+		}
+		for _, e := range entries {
+			if err := syncFile(filepath.Join(dir, e.Name())); err != nil {
+				return err
+			}
+		}
+		if err := syncFile(dir); err != nil {
 			return err
 		}
 	}
-	return tx.Bucket(bStaged).Delete([]byte(stream))
+	return syncFile(filepath.Join(s.dir, blobsDir))
+}
+
+func syncFile(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("boltstore: commit: keep: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("boltstore: commit: keep: %w", err)
+	}
+	return nil
 }
 
 // errNotStaged is Commit's error for a Keep stream that is not staged.
@@ -149,16 +216,30 @@ func keepStreams(tx *bolt.Tx, keep []string) error {
 	return nil
 }
 
-// sweepStaged drops every staged stream; New calls it, when no writer
+// kept forgets that this process staged the streams a Commit kept.
+func (s *Store) kept(keep []string) {
+	s.mu.Lock()
+	for _, stream := range keep {
+		delete(s.staged, stream)
+	}
+	s.mu.Unlock()
+}
+
+// sweepStaged removes every staged stream; New calls it, when no writer
 // can still be writing one.
-func sweepStaged(tx *bolt.Tx) error {
+func (s *Store) sweepStaged(tx *bolt.Tx) error {
 	var streams []string
 	c := tx.Bucket(bStaged).Cursor()
 	for k, _ := c.First(); k != nil; k, _ = c.Next() {
 		streams = append(streams, string(k))
 	}
 	for _, stream := range streams {
-		if err := dropStream(tx, stream); err != nil {
+		if streamIDRE.MatchString(stream) {
+			if err := os.RemoveAll(s.streamDir(stream)); err != nil {
+				return fmt.Errorf("sweep staged streams: %w", err)
+			}
+		}
+		if err := tx.Bucket(bStaged).Delete([]byte(stream)); err != nil {
 			return fmt.Errorf("sweep staged streams: %w", err)
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fhirgate/fhirgate/internal/store"
@@ -21,7 +22,8 @@ import (
 
 // Config configures a Store.
 type Config struct {
-	// Dir is the data directory; the database is Dir/fhirgate.db.
+	// Dir is the data directory: the database is Dir/fhirgate.db, Binary
+	// contents are files under Dir/blobs.
 	Dir string
 	// Timeout bounds waiting for the file lock held by another process.
 	Timeout time.Duration
@@ -29,7 +31,11 @@ type Config struct {
 
 // Store is a store.Store in a bbolt file.
 type Store struct {
-	db *bolt.DB
+	db  *bolt.DB
+	dir string // Config.Dir; blob streams are files under it (blobs.go)
+
+	mu     sync.Mutex
+	staged map[string]bool // streams this process staged and has not kept or dropped
 }
 
 var _ store.Store = (*Store)(nil)
@@ -49,7 +55,6 @@ var (
 	bHashes  = []byte("hashes")  // stored-hash index(8) -> hash (32)
 	bAnchors = []byte("anchors") // tree size(8) -> anchor
 	bCells   = []byte("cells")   // cell id -> version(8) + value
-	bChunks  = []byte("chunks")  // stream\0index(4) -> chunk (see blobs.go)
 	bStaged  = []byte("staged")  // stream -> staged since, unix ns(8)
 )
 
@@ -76,19 +81,24 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("boltstore: open: %w", err)
 	}
 	db.MaxBatchDelay = 2 * time.Millisecond
+	s := &Store{db: db, dir: cfg.Dir, staged: map[string]bool{}}
+	if err := os.MkdirAll(filepath.Join(cfg.Dir, blobsDir), 0o700); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("boltstore: %w", err)
+	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bCurrent, bVersion, bHistory, bIndex, bLive, bErased, bKeys, bLog, bLeaves, bHashes, bAnchors, bCells, bChunks, bStaged} {
+		for _, b := range [][]byte{bCurrent, bVersion, bHistory, bIndex, bLive, bErased, bKeys, bLog, bLeaves, bHashes, bAnchors, bCells, bStaged} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
 		}
-		return sweepStaged(tx)
+		return s.sweepStaged(tx)
 	})
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("boltstore: init: %w", err)
 	}
-	return &Store{db: db}, nil
+	return s, nil
 }
 
 func key(parts ...string) []byte {
@@ -155,10 +165,13 @@ func (s *Store) Commit(ctx context.Context, c store.Commit) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	if err := s.syncStreams(c.Keep); err != nil {
+		return err
+	}
 	// db.Batch coalesces concurrent writers into one transaction and one
 	// fsync; a function that fails is re-run alone, so each Commit still
 	// commits or fails on its own.
-	return s.db.Batch(func(tx *bolt.Tx) error {
+	err := s.db.Batch(func(tx *bolt.Tx) error {
 		old := make([][]store.Term, len(c.Writes))
 		for i, w := range c.Writes {
 			var err error
@@ -191,6 +204,10 @@ func (s *Store) Commit(ctx context.Context, c store.Commit) error {
 		}
 		return keepStreams(tx, c.Keep)
 	})
+	if err == nil {
+		s.kept(c.Keep)
+	}
+	return err
 }
 
 // checkWrite checks w's conditions in tx and returns the terms of the

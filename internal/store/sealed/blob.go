@@ -136,6 +136,12 @@ func (s *Store) WriteBlob(ctx context.Context, owner string, r io.Reader) (Blob,
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	out := make(chan sealedChunk)
+	// The buffers chunks are sealed into go round: a backend keeps no
+	// chunk it was given once PutChunk returns.
+	free := make(chan []byte, chunkDepth+1)
+	for range chunkDepth + 1 {
+		free <- nil
+	}
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex
@@ -152,6 +158,7 @@ func (s *Store) WriteBlob(ctx context.Context, owner string, r io.Reader) (Blob,
 					}
 					mu.Unlock()
 				}
+				free <- c.ct[:0]
 			}
 		})
 	}
@@ -182,7 +189,13 @@ func (s *Store) WriteBlob(ctx context.Context, owner string, r io.Reader) (Blob,
 		chunk := cur[:n]
 		h256.Write(chunk)
 		h1.Write(chunk)
-		ct, serr := s.keys.Seal(ctx, owner, chunkName(b.Stream, i, last), chunk)
+		var buf []byte
+		select {
+		case buf = <-free:
+		case <-ctx.Done():
+			return fail(context.Cause(ctx))
+		}
+		ct, serr := s.keys.AppendSeal(ctx, buf, owner, chunkName(b.Stream, i, last), chunk)
 		if errors.Is(serr, keys.ErrErased) {
 			return fail(store.ErrErased)
 		}
