@@ -15,6 +15,9 @@
 //     afterwards and receipts verify.
 //   - TestSlowClients: slowloris, slow bodies, oversized bodies and the
 //     connection limit.
+//   - TestLargeBinary: a 200 MiB Binary uploaded and downloaded (whole and
+//     by range) on bbolt and on Redis, the gateway's VmRSS growing by less
+//     than 64 MiB; it logs the MB/s published in bench/README.md.
 //
 // Without the faults build tag the package has no tests.
 package faults

@@ -295,6 +295,17 @@ func (m *Manager) AppendSeal(ctx context.Context, dst []byte, owner, name string
 // (wrapped in an *IntegrityError) when the value was altered or moved,
 // and ErrErased when its data key was erased.
 func (m *Manager) Open(ctx context.Context, name string, sealed []byte) ([]byte, error) {
+	return m.open(ctx, name, sealed, false)
+}
+
+// OpenInPlace is Open decrypting into sealed's own memory, which holds
+// garbage afterwards (also when it fails): a reader of many large values
+// allocates nothing for their plaintext.
+func (m *Manager) OpenInPlace(ctx context.Context, name string, sealed []byte) ([]byte, error) {
+	return m.open(ctx, name, sealed, true)
+}
+
+func (m *Manager) open(ctx context.Context, name string, sealed []byte, inPlace bool) ([]byte, error) {
 	id, rest, ok := parseEnvelope(sealed)
 	if !ok {
 		return nil, &IntegrityError{Name: name}
@@ -306,7 +317,12 @@ func (m *Manager) Open(ctx context.Context, name string, sealed []byte) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	pt, err := open(aead, rest, envelopeAAD(id, name))
+	var pt []byte
+	if inPlace {
+		pt, err = openInPlace(aead, rest, envelopeAAD(id, name))
+	} else {
+		pt, err = open(aead, rest, envelopeAAD(id, name))
+	}
 	if err != nil {
 		return nil, &IntegrityError{Name: name}
 	}

@@ -340,6 +340,20 @@ func seal(aead cipher.AEAD, dst, plaintext, aad []byte) []byte {
 	return aead.Seal(dst, dst[n:], plaintext, aad)
 }
 
+// openInPlace is open decrypting over the ciphertext.
+func openInPlace(aead cipher.AEAD, sealed, aad []byte) ([]byte, error) {
+	n := aead.NonceSize()
+	if len(sealed) < n+aead.Overhead() {
+		return nil, ErrIntegrity
+	}
+	ct := sealed[n:]
+	pt, err := aead.Open(ct[:0], sealed[:n], ct, aad)
+	if err != nil {
+		return nil, ErrIntegrity
+	}
+	return pt, nil
+}
+
 // open decrypts a seal output (without dst), failing with ErrIntegrity.
 func open(aead cipher.AEAD, sealed, aad []byte) ([]byte, error) {
 	n := aead.NonceSize()

@@ -378,7 +378,7 @@ func (br *BlobReader) fetch(i int) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	pt, err := br.s.keys.Open(br.ctx, name, ct)
+	pt, err := br.s.keys.OpenInPlace(br.ctx, name, ct)
 	if errors.Is(err, keys.ErrErased) {
 		return nil, store.ErrErased
 	}
