@@ -127,9 +127,6 @@ type binaryUpload struct {
 
 // writeBinary stores a Binary: k.ID "" creates one.
 func (s *Server) writeBinary(w http.ResponseWriter, r *http.Request, k store.Key) error {
-	if err := appendOnly(k.Type); err != nil {
-		return err
-	}
 	up, err := s.readBinaryUpload(w, r, k)
 	if err != nil {
 		return err
@@ -193,7 +190,7 @@ func (s *Server) writeBinary(w http.ResponseWriter, r *http.Request, k store.Key
 // Binary resource with base64 data.
 func (s *Server) readBinaryUpload(w http.ResponseWriter, r *http.Request, k store.Key) (*binaryUpload, error) {
 	ct := r.Header.Get("Content-Type")
-	mt, _, err := mime.ParseMediaType(ct)
+	mt, params, err := mime.ParseMediaType(ct)
 	if ct != "" && err != nil {
 		return nil, httpErr(http.StatusUnsupportedMediaType, fhir.CodeNotSupported, "the Content-Type is not a valid media type")
 	}
@@ -201,7 +198,8 @@ func (s *Server) readBinaryUpload(w http.ResponseWriter, r *http.Request, k stor
 		if r.ContentLength > s.cfg.MaxBinary {
 			return nil, &http.MaxBytesError{Limit: s.cfg.MaxBinary}
 		}
-		up := &binaryUpload{contentType: ct, content: http.MaxBytesReader(w, r.Body, s.cfg.MaxBinary)}
+		// Stored in its canonical form, which is a valid FHIR code.
+		up := &binaryUpload{contentType: mime.FormatMediaType(mt, params), content: http.MaxBytesReader(w, r.Body, s.cfg.MaxBinary)}
 		if up.contentType == "" {
 			up.contentType = "application/octet-stream"
 		}
@@ -253,7 +251,10 @@ func (s *Server) binaryContext(r *http.Request, sc map[string]any) ([]string, []
 	if sc == nil {
 		return nil, nil, nil
 	}
-	ref, _ := sc["reference"].(string)
+	ref, ok := sc["reference"].(string)
+	if !ok {
+		return nil, nil, nil // a logical reference (identifier): in no compartment
+	}
 	v := fhir.ParseReference(ref, s.base(r))
 	if v.RefType == "" || !fhir.ValidID(v.RefID) || !fhir.IsResourceType(v.RefType) {
 		return nil, nil, fhir.Errorf(http.StatusUnprocessableEntity, fhir.CodeValue, "Binary.securityContext",

@@ -678,3 +678,27 @@ func idFrom(loc string) string {
 	}
 	return parts[len(parts)-3]
 }
+
+// TestBinaryMediaTypes: any media type is stored (canonically) and served
+// back; only a malformed one is refused.
+func TestBinaryMediaTypes(t *testing.T) {
+	eachBlobStore(t, func(t *testing.T, st *sealed.Store, _ *streamLog) {
+		s := newServer(t, gateway.Config{Store: st})
+		for ct, want := range map[string]string{
+			"text/plain;  charset=UTF-8": "text/plain; charset=UTF-8",
+			"image/png":                  "image/png",
+			"":                           "application/octet-stream",
+			"application/dicom":          "application/dicom",
+		} {
+			content := randomBytes(100)
+			r := s.upload(t, http.MethodPost, "/Binary", content, "Content-Type", ct).want(t, http.StatusCreated).resource(t)
+			got := s.do(t, http.MethodGet, "/Binary/"+r["id"].(string), "", "Accept", "*/*").want(t, http.StatusOK)
+			if r["contentType"] != want || got.header.Get("Content-Type") != want || !bytes.Equal(got.body, content) {
+				t.Errorf("Content-Type %q: stored %v, served %q", ct, r["contentType"], got.header.Get("Content-Type"))
+			}
+		}
+		s.upload(t, http.MethodPost, "/Binary", []byte("x"), "Content-Type", "not a type").wantOutcome(t, http.StatusUnsupportedMediaType)
+		// A logical securityContext puts the Binary in no compartment.
+		s.do(t, http.MethodPost, "/Binary", `{"resourceType":"Binary","contentType":"text/plain","securityContext":{"identifier":{"system":"urn:x","value":"1"}},"data":"aGk="}`).want(t, http.StatusCreated)
+	})
+}
