@@ -24,9 +24,6 @@ import (
 	"github.com/fhirgate/fhirgate/gateway"
 	"github.com/fhirgate/fhirgate/internal/keys"
 	"github.com/fhirgate/fhirgate/internal/store"
-	"github.com/fhirgate/fhirgate/internal/store/boltstore"
-	"github.com/fhirgate/fhirgate/internal/store/redisstore"
-	"github.com/fhirgate/fhirgate/internal/store/redisstore/redistest"
 	"github.com/fhirgate/fhirgate/internal/store/sealed"
 	"github.com/fhirgate/fhirgate/internal/store/sealed/sealedtest"
 )
@@ -107,23 +104,8 @@ func eachBlobStore(t *testing.T, fn func(t *testing.T, st *sealed.Store, log *st
 		log := &streamLog{Store: backend, blobs: backend.(store.Blobs)}
 		fn(t, sealedtest.Wrap(t, log), log)
 	}
-	t.Run("bolt", func(t *testing.T) {
-		st, err := boltstore.New(t.Context(), boltstore.Config{Dir: t.TempDir()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		wrap(t, st)
-	})
-	t.Run("redis", func(t *testing.T) {
-		srv := redistest.Start(t)
-		st, err := redisstore.New(t.Context(), redisstore.Config{URL: srv.URL(), Prefix: fmt.Sprintf("gw%d", redisPrefix.Add(1))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		wrap(t, st)
-	})
+	t.Run("bolt", func(t *testing.T) { wrap(t, boltBackend(t)) })
+	t.Run("redis", func(t *testing.T) { wrap(t, redisBackend(t)) })
 }
 
 func randomBytes(n int) []byte {
@@ -603,23 +585,8 @@ func TestBinaryInTransaction(t *testing.T) {
 func BenchmarkBinary(b *testing.B) {
 	content := randomBytes(64 << 20)
 	stores := map[string]func(b *testing.B) store.Store{
-		"bolt": func(b *testing.B) store.Store {
-			st, err := boltstore.New(b.Context(), boltstore.Config{Dir: b.TempDir()})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { st.Close() })
-			return sealedtest.Wrap(b, st)
-		},
-		"redis": func(b *testing.B) store.Store {
-			srv := redistest.Start(b)
-			st, err := redisstore.New(b.Context(), redisstore.Config{URL: srv.URL(), Prefix: "bench"})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.Cleanup(func() { st.Close() })
-			return sealedtest.Wrap(b, st)
-		},
+		"bolt":  func(b *testing.B) store.Store { return sealedtest.Wrap(b, boltBackend(b)) },
+		"redis": func(b *testing.B) store.Store { return sealedtest.Wrap(b, redisBackend(b)) },
 	}
 	for _, name := range []string{"bolt", "redis"} {
 		st := stores[name]

@@ -27,15 +27,31 @@ var redisPrefix atomic.Int64
 // its own redis-server, with a key prefix of its own).
 func eachStore(t *testing.T, fn func(t *testing.T, st store.Store)) {
 	t.Run("bolt", func(t *testing.T) { fn(t, boltStore(t)) })
-	t.Run("redis", func(t *testing.T) {
-		srv := redistest.Start(t)
-		st, err := redisstore.New(t.Context(), redisstore.Config{URL: srv.URL(), Prefix: fmt.Sprintf("gw%d", redisPrefix.Add(1))})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { st.Close() })
-		fn(t, sealedtest.Wrap(t, st))
-	})
+	t.Run("redis", func(t *testing.T) { fn(t, sealedtest.Wrap(t, redisBackend(t))) })
+}
+
+// redisBackend is a fresh redisstore on a redis-server of its own, with
+// a key prefix of its own.
+func redisBackend(t testing.TB) *redisstore.Store {
+	t.Helper()
+	srv := redistest.Start(t)
+	st, err := redisstore.New(t.Context(), redisstore.Config{URL: srv.URL(), Prefix: fmt.Sprintf("gw%d", redisPrefix.Add(1))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// boltBackend is a fresh boltstore.
+func boltBackend(t testing.TB) *boltstore.Store {
+	t.Helper()
+	st, err := boltstore.New(t.Context(), boltstore.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
 }
 
 // sharedRedis returns n sealed stores, each with its own connection pool
@@ -61,12 +77,7 @@ func sharedRedis(t *testing.T, n int) []store.Store {
 // boltStore is a fresh sealed boltstore.
 func boltStore(t *testing.T) store.Store {
 	t.Helper()
-	st, err := boltstore.New(t.Context(), boltstore.Config{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	return sealedtest.Wrap(t, st)
+	return sealedtest.Wrap(t, boltBackend(t))
 }
 
 // server is a gateway on an httptest server.

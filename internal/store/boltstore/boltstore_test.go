@@ -96,37 +96,9 @@ func TestBlobsReopen(t *testing.T) {
 	}
 }
 
-func BenchmarkPutChunk(b *testing.B) {
-	s := open(b, b.TempDir())
-	chunk := storetest.Chunk(1, 1<<20)
-	b.SetBytes(int64(len(chunk)))
-	i := 0
-	for b.Loop() {
-		// Overwrite 64 chunks round robin: the file stays at 64 MiB.
-		if err := s.PutChunk(b.Context(), "bench", i%64, chunk); err != nil {
-			b.Fatal(err)
-		}
-		i++
-	}
-}
+func BenchmarkPutChunk(b *testing.B) { storetest.BenchPutChunk(b, open(b, b.TempDir())) }
 
-func BenchmarkGetChunk(b *testing.B) {
-	s := open(b, b.TempDir())
-	chunk := storetest.Chunk(1, 1<<20)
-	for i := range 64 {
-		if err := s.PutChunk(b.Context(), "bench", i, chunk); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.SetBytes(int64(len(chunk)))
-	i := 0
-	for b.Loop() {
-		if _, err := s.GetChunk(b.Context(), "bench", i%64); err != nil {
-			b.Fatal(err)
-		}
-		i++
-	}
-}
+func BenchmarkGetChunk(b *testing.B) { storetest.BenchGetChunk(b, open(b, b.TempDir())) }
 
 func TestCrashConsistency(t *testing.T) {
 	dir := t.TempDir()

@@ -122,37 +122,9 @@ func TestServerLimits(t *testing.T) {
 	}
 }
 
-func BenchmarkPutChunk(b *testing.B) {
-	s := openBench(b)
-	chunk := storetest.Chunk(1, 1<<20)
-	b.SetBytes(int64(len(chunk)))
-	i := 0
-	for b.Loop() {
-		// Overwrite 64 chunks round robin: Redis holds 64 MiB.
-		if err := s.PutChunk(b.Context(), "bench", i%64, chunk); err != nil {
-			b.Fatal(err)
-		}
-		i++
-	}
-}
+func BenchmarkPutChunk(b *testing.B) { storetest.BenchPutChunk(b, openBench(b)) }
 
-func BenchmarkGetChunk(b *testing.B) {
-	s := openBench(b)
-	chunk := storetest.Chunk(1, 1<<20)
-	for i := range 64 {
-		if err := s.PutChunk(b.Context(), "bench", i, chunk); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.SetBytes(int64(len(chunk)))
-	i := 0
-	for b.Loop() {
-		if _, err := s.GetChunk(b.Context(), "bench", i%64); err != nil {
-			b.Fatal(err)
-		}
-		i++
-	}
-}
+func BenchmarkGetChunk(b *testing.B) { storetest.BenchGetChunk(b, openBench(b)) }
 
 // openBench starts a server and opens a Store on it for a benchmark.
 func openBench(b *testing.B) *redisstore.Store {

@@ -311,3 +311,35 @@ func testFailedCommitDoesNotKeep(t *testing.T, s store.Store, b store.Blobs) {
 	wantChunk(t, b, "fc", 0, []byte("zero"))
 	wantChunk(t, b, "fc", 1, []byte("stale cell"))
 }
+
+// BenchPutChunk measures PutChunk of 1 MiB chunks, overwriting 64 of them
+// round robin (the backend holds 64 MiB), in MB/s.
+func BenchPutChunk(b *testing.B, s store.Blobs) {
+	chunk := Chunk(1, 1<<20)
+	b.SetBytes(int64(len(chunk)))
+	i := 0
+	for b.Loop() {
+		if err := s.PutChunk(b.Context(), "bench", i%64, chunk); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
+
+// BenchGetChunk measures GetChunk of 1 MiB chunks, in MB/s.
+func BenchGetChunk(b *testing.B, s store.Blobs) {
+	chunk := Chunk(1, 1<<20)
+	for i := range 64 {
+		if err := s.PutChunk(b.Context(), "bench", i, chunk); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.SetBytes(int64(len(chunk)))
+	i := 0
+	for b.Loop() {
+		if _, err := s.GetChunk(b.Context(), "bench", i%64); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}
