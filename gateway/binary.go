@@ -181,9 +181,22 @@ func (s *Server) writeBinary(w http.ResponseWriter, r *http.Request, k store.Key
 	}
 	r = r.WithContext(context.WithValue(r.Context(), stagedBlobKey{}, sb))
 	if k.ID == "" {
-		return s.createResource(w, r, res)
+		err = s.createResource(w, r, res)
+	} else {
+		err = s.updateResource(w, r, res, k)
 	}
-	return s.updateResource(w, r, res, k)
+	if err != nil && !mayHaveCommitted(err) {
+		sb.kept = false // the commit that would have kept it failed
+	}
+	return err
+}
+
+// mayHaveCommitted reports whether a commit that failed with err may
+// have taken effect all the same (the store went away, or the request
+// timed out, while it ran): a content it was to keep is then left staged
+// (its backend removes it in time if it was not kept), never dropped.
+func mayHaveCommitted(err error) bool {
+	return errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // readBinaryUpload reads what a Binary write sends: raw content, or a
@@ -391,10 +404,11 @@ func (s *Server) stageTransactionBinary(r *http.Request, p *pending, res *fhir.R
 }
 
 // dropStaged drops the Binary contents a transaction staged and did not
-// keep (all of them when it did not commit).
-func (s *Server) dropStaged(r *http.Request, p *pending, committed bool) {
+// keep: all of them when its commit failed (commitErr), but those it was
+// to keep when that commit may have taken effect (mayHaveCommitted).
+func (s *Server) dropStaged(r *http.Request, p *pending, committed bool, commitErr error) {
 	for _, sb := range p.blobs {
-		if committed && sb.kept {
+		if sb.kept && (committed || commitErr != nil && mayHaveCommitted(commitErr)) {
 			continue
 		}
 		if err := s.blobs.DropBlob(context.WithoutCancel(r.Context()), sb.b); err != nil {

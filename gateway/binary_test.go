@@ -36,6 +36,19 @@ type streamLog struct {
 	mu      sync.Mutex
 	streams []string
 	tamper  map[int]int
+	// commitErr, if set, fails every Commit that keeps a stream, without
+	// committing.
+	commitErr error
+}
+
+func (l *streamLog) Commit(ctx context.Context, c store.Commit) error {
+	l.mu.Lock()
+	err := l.commitErr
+	l.mu.Unlock()
+	if err != nil && len(c.Keep) > 0 {
+		return err
+	}
+	return l.Store.Commit(ctx, c)
 }
 
 func (l *streamLog) PutChunk(ctx context.Context, stream string, i int, chunk []byte) error {
@@ -667,5 +680,30 @@ func TestBinaryMediaTypes(t *testing.T) {
 		s.upload(t, http.MethodPost, "/Binary", []byte("x"), "Content-Type", "not a type").wantOutcome(t, http.StatusUnsupportedMediaType)
 		// A logical securityContext puts the Binary in no compartment.
 		s.do(t, http.MethodPost, "/Binary", `{"resourceType":"Binary","contentType":"text/plain","securityContext":{"identifier":{"system":"urn:x","value":"1"}},"data":"aGk="}`).want(t, http.StatusCreated)
+	})
+}
+
+// TestBinaryCommitFails: when the commit that was to keep an upload's
+// content fails, the content is dropped; when it may have taken effect
+// (the store went away meanwhile), it is left staged, for the backend to
+// remove in time if it was not kept, rather than dropped from under a
+// version that may name it.
+func TestBinaryCommitFails(t *testing.T) {
+	eachBlobStore(t, func(t *testing.T, st *sealed.Store, log *streamLog) {
+		s := newServer(t, gateway.Config{Store: st})
+		log.mu.Lock()
+		log.commitErr = errors.New("disk full")
+		log.mu.Unlock()
+		s.upload(t, http.MethodPost, "/Binary", randomBytes(1000), "Content-Type", "image/png").wantOutcome(t, http.StatusInternalServerError)
+		if left := log.left(t); len(log.written()) != 1 || len(left) != 0 {
+			t.Errorf("a failed commit: %d streams written, %d left", len(log.written()), len(left))
+		}
+		log.mu.Lock()
+		log.commitErr = fmt.Errorf("commit: %w", store.ErrUnavailable)
+		log.mu.Unlock()
+		s.upload(t, http.MethodPost, "/Binary", randomBytes(1000), "Content-Type", "image/png").wantOutcome(t, http.StatusServiceUnavailable)
+		if left := log.left(t); len(left) != 1 {
+			t.Errorf("a commit that may have taken effect: %d streams left, want its content staged", len(left))
+		}
 	})
 }

@@ -590,8 +590,11 @@ func (s *Server) transactionAttempt(r *http.Request, txs []*txEntry, order []int
 	now := s.now().UTC().Truncate(time.Millisecond)
 	p := &pending{recs: map[store.Key]store.Record{}, cells: map[string]store.Cell{}, blobs: map[string]*stagedBlob{}}
 	pr := r.WithContext(context.WithValue(r.Context(), pendingKey{}, p))
-	committed := false
-	defer func() { s.dropStaged(r, p, committed) }()
+	var (
+		committed bool
+		commitErr error
+	)
+	defer func() { s.dropStaged(r, p, committed, commitErr) }()
 	var (
 		writes []store.Write
 		keep   []string
@@ -670,6 +673,7 @@ func (s *Server) transactionAttempt(r *http.Request, txs []*txEntry, order []int
 	// 4. One atomic commit.
 	if len(writes) > 0 {
 		if err := s.store.Commit(r.Context(), store.Commit{Writes: writes, Cells: cells, Keep: keep}); err != nil {
+			commitErr = err
 			var we *store.WriteError
 			if errors.As(err, &we) && we.Index < len(staged) && errors.Is(we.Err, store.ErrErased) {
 				return nil, we.Err
