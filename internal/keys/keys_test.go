@@ -130,6 +130,45 @@ func TestSealOpen(t *testing.T) {
 	}
 }
 
+// TestAppendSealOpenInPlace: AppendSeal appends what Seal returns, into
+// the caller's buffer; OpenInPlace opens it over its own bytes, and fails
+// on what Open fails on.
+func TestAppendSealOpenInPlace(t *testing.T) {
+	_, ring := newRingFile(t)
+	m := open(t, ring, newStore(t), 0)
+	ctx := t.Context()
+	pt := bytes.Repeat([]byte("chunk "), 1000)
+	prefix := []byte("kept")
+	buf := make([]byte, 0, 8192)
+	out, err := m.AppendSeal(ctx, append(buf, prefix...), "Patient/1", "blob/s/0", pt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(out, prefix) || &out[0] != &buf[:1][0] {
+		t.Fatal("AppendSeal did not append into the buffer it was given")
+	}
+	sealed := out[len(prefix):]
+	if got, err := m.Open(ctx, "blob/s/0", sealed); err != nil || !bytes.Equal(got, pt) {
+		t.Fatalf("Open of AppendSeal's output: %v", err)
+	}
+	if _, err := m.OpenInPlace(ctx, "blob/s/1", bytes.Clone(sealed)); !errors.Is(err, keys.ErrIntegrity) {
+		t.Errorf("OpenInPlace under another name: %v, want ErrIntegrity", err)
+	}
+	flipped := bytes.Clone(sealed)
+	flipped[len(flipped)/2] ^= 1
+	if _, err := m.OpenInPlace(ctx, "blob/s/0", flipped); !errors.Is(err, keys.ErrIntegrity) {
+		t.Errorf("OpenInPlace of a flipped byte: %v, want ErrIntegrity", err)
+	}
+	got, err := m.OpenInPlace(ctx, "blob/s/0", sealed)
+	if err != nil || !bytes.Equal(got, pt) {
+		t.Fatalf("OpenInPlace = %v", err)
+	}
+	// The plaintext is where the ciphertext was (before the 16-byte tag).
+	if &got[0] != &sealed[len(sealed)-len(pt)-16] {
+		t.Error("OpenInPlace did not decrypt over the sealed bytes")
+	}
+}
+
 func TestSwappedWrappedKeysDoNotOpen(t *testing.T) {
 	st := newStore(t)
 	_, ring := newRingFile(t)
