@@ -127,8 +127,8 @@ func (s *Store) WriteBlob(ctx context.Context, owner string, r io.Reader) (Blob,
 	rand.Read(id[:])
 	b := Blob{Stream: hex.EncodeToString(id[:]), ChunkSize: ChunkSize, KeyID: s.keys.DataKeyID(owner)}
 
-	// A writer goroutine stores sealed chunks while this one reads,
-	// hashes and seals the next.
+	// chunkDepth writer goroutines store sealed chunks while this one
+	// reads, hashes and seals the next.
 	type sealedChunk struct {
 		i  int
 		ct []byte
