@@ -185,12 +185,9 @@ func benchRead(b *testing.B, st store.Store) {
 	}
 }
 
-// BenchmarkSecured measures create and read on a sealed bbolt store with
-// and without authentication, policy and audit: "open" is the bare REST
-// core; "system" a backend client (scopes only); "practitioner" a user
-// whose every request also goes through the patient's Consent; each
-// secured request also stores its AuditEvent.
-func BenchmarkSecured(b *testing.B) {
+// benchAuth returns a verifier of a fresh dev key, and a func that signs
+// tokens with it.
+func benchAuth(b *testing.B) (*auth.Verifier, func(fhirUser, scope string) string) {
 	key, err := auth.GenerateDevKey()
 	if err != nil {
 		b.Fatal(err)
@@ -199,13 +196,22 @@ func BenchmarkSecured(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	sign := func(fhirUser, scope string) string {
+	return v, func(fhirUser, scope string) string {
 		tk, err := key.Sign(auth.Claims{Subject: "bench", FHIRUser: fhirUser, Scope: scope}, time.Hour)
 		if err != nil {
 			b.Fatal(err)
 		}
 		return tk
 	}
+}
+
+// BenchmarkSecured measures create and read on a sealed bbolt store with
+// and without authentication, policy and audit: "open" is the bare REST
+// core; "system" a backend client (scopes only); "practitioner" a user
+// whose every request also goes through the patient's Consent; each
+// secured request also stores its AuditEvent.
+func BenchmarkSecured(b *testing.B) {
+	v, sign := benchAuth(b)
 	sys := sign("", "system/*.*")
 	for _, c := range []struct {
 		name  string
@@ -287,21 +293,7 @@ func BenchmarkSecured(b *testing.B) {
 // sync BenchmarkSecured's bbolt store adds. It is the gateway's own CPU per
 // audited read.
 func BenchmarkAuditedRead(b *testing.B) {
-	key, err := auth.GenerateDevKey()
-	if err != nil {
-		b.Fatal(err)
-	}
-	v, err := auth.NewVerifier(b.Context(), auth.Config{JWKS: key.PublicJWKS(), Issuer: auth.DevIssuer, Audience: auth.DevAudience})
-	if err != nil {
-		b.Fatal(err)
-	}
-	sign := func(fhirUser, scope string) string {
-		tk, err := key.Sign(auth.Claims{Subject: "bench", FHIRUser: fhirUser, Scope: scope}, time.Hour)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return tk
-	}
+	v, sign := benchAuth(b)
 	sys := sign("", "system/*.*")
 	benchStores(b, func(b *testing.B, st store.Store) {
 		eng, err := policy.New(b.Context(), policy.Config{})

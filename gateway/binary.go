@@ -446,36 +446,9 @@ func (s *Server) keepBinary(r *http.Request, c *change) error {
 	return nil
 }
 
-// readBinary is GET /Binary/{id}.
-func (s *Server) readBinary(w http.ResponseWriter, r *http.Request) error {
-	k, err := s.key(r)
-	if err != nil {
-		return err
-	}
-	rec, err := s.store.Get(r.Context(), k)
-	if err != nil {
-		return err
-	}
-	return s.serveBinaryVersion(w, r, rec, "read")
-}
-
-// vreadBinary is GET /Binary/{id}/_history/{vid}.
-func (s *Server) vreadBinary(w http.ResponseWriter, r *http.Request) error {
-	rec, err := s.version(r)
-	if err != nil {
-		return err
-	}
-	return s.serveBinaryVersion(w, r, rec, "vread")
-}
-
-func (s *Server) serveBinaryVersion(w http.ResponseWriter, r *http.Request, rec store.Record, action string) error {
-	if rec.Deleted {
-		s.setVersionHeaders(w, rec)
-		return errGone
-	}
-	if err := s.authorizeRecord(r, action, rec); err != nil {
-		return err
-	}
+// serveBinary serves a Binary version the caller may read (serveVersion):
+// its content, or the resource with its data when FHIR JSON is asked for.
+func (s *Server) serveBinary(w http.ResponseWriter, r *http.Request, rec store.Record) error {
 	doc, err := fhir.DecodeStored(rec.Body)
 	if err != nil {
 		return err
@@ -485,13 +458,9 @@ func (s *Server) serveBinaryVersion(w http.ResponseWriter, r *http.Request, rec 
 	if !ok {
 		return s.serveInlineBinary(w, r, rec, doc, contentType)
 	}
-	owner := s.params.Owner("Binary", rec.ID, doc, s.base(r))
-	b, cellVersion, err := s.blobs.FindBlob(r.Context(), s.blobs.KeyID(owner), sum)
+	b, err := s.contentOf(r, rec, doc, sum, size)
 	if err != nil {
 		return err
-	}
-	if cellVersion == 0 || b.Size != size {
-		return fmt.Errorf("gateway: the content of %s is missing: %w", versionRef(rec), keys.ErrIntegrity)
 	}
 	if wantsResource(r, contentType) {
 		if b.Size > s.cfg.MaxBinaryResource {
@@ -803,20 +772,31 @@ func (s *Server) attachedBlob(r *http.Request, url string) (*sealed.Blob, bool, 
 		content, _ := base64.StdEncoding.DecodeString(data)
 		return &sealed.Blob{Size: int64(len(content)), SHA256: sha256.Sum256(content), SHA1: sha1.Sum(content)}, true, nil
 	}
-	keyID := s.blobs.KeyID(s.params.Owner("Binary", rec.ID, doc, base))
+	b, err := s.contentOf(r, rec, doc, sum, size)
+	if err != nil {
+		return nil, true, err
+	}
+	return &b, true, nil
+}
+
+// contentOf returns the content a stored Binary version (doc) records
+// with digest sum and size: one its request's transaction staged, or the
+// one stored under the data key of the Binary's owner.
+func (s *Server) contentOf(r *http.Request, rec store.Record, doc map[string]any, sum [sha256.Size]byte, size int64) (sealed.Blob, error) {
+	keyID := s.blobs.KeyID(s.params.Owner("Binary", rec.ID, doc, s.base(r)))
 	if p := pendingFrom(r); p != nil {
 		if sb := p.blobs[sealed.BlobCell(keyID, sum)]; sb != nil {
-			return &sb.b, true, nil // written by this transaction
+			return sb.b, nil // written by this transaction
 		}
 	}
 	b, cellVersion, err := s.blobs.FindBlob(r.Context(), keyID, sum)
 	if err != nil {
-		return nil, true, err
+		return sealed.Blob{}, err
 	}
 	if cellVersion == 0 || b.Size != size {
-		return nil, true, fmt.Errorf("gateway: the content of %s is missing: %w", versionRef(rec), keys.ErrIntegrity)
+		return sealed.Blob{}, fmt.Errorf("gateway: the content of %s is missing: %w", versionRef(rec), keys.ErrIntegrity)
 	}
-	return &b, true, nil
+	return b, nil
 }
 
 // walkAttachments calls fn for every Attachment-shaped object of a

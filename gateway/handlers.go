@@ -448,12 +448,22 @@ func (s *Server) read(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	return s.serveVersion(w, r, rec, "read")
+}
+
+// serveVersion answers a read or vread of a stored version: 410 for a
+// delete, else the version once the policy allows action on it (a
+// Binary's content as serveBinary decides).
+func (s *Server) serveVersion(w http.ResponseWriter, r *http.Request, rec store.Record, action string) error {
 	if rec.Deleted {
 		s.setVersionHeaders(w, rec)
 		return errGone
 	}
-	if err := s.authorizeRecord(r, "read", rec); err != nil {
+	if err := s.authorizeRecord(r, action, rec); err != nil {
 		return err
+	}
+	if rec.Type == "Binary" && s.blobs != nil {
+		return s.serveBinary(w, r, rec)
 	}
 	return s.serveRecord(w, r, rec)
 }
@@ -523,14 +533,7 @@ func (s *Server) vread(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if rec.Deleted {
-		s.setVersionHeaders(w, rec)
-		return errGone
-	}
-	if err := s.authorizeRecord(r, "vread", rec); err != nil {
-		return err
-	}
-	return s.serveRecord(w, r, rec)
+	return s.serveVersion(w, r, rec, "vread")
 }
 
 func (s *Server) update(w http.ResponseWriter, r *http.Request) error {

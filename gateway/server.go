@@ -283,8 +283,9 @@ func (s *Server) routes() {
 	f.Handle("/{type}/{id}/_history/{vid}/$receipt", s.wrap(s.receipt)).Methods(http.MethodGet).Name("receipt")
 	f.Handle("/{type}/_history", s.wrap(s.typeHistory)).Methods(http.MethodGet).Name("history-type")
 	if s.blobs != nil {
-		f.Handle("/{type:Binary}/{id}/_history/{vid}", s.wrap(s.vreadBinary)).Methods(http.MethodGet, http.MethodHead).Name("vread")
-		f.Handle("/{type:Binary}/{id}", s.wrap(s.readBinary)).Methods(http.MethodGet, http.MethodHead).Name("read")
+		// (A Binary's read is the generic one; its vread takes HEAD too,
+		// as a file's does.)
+		f.Handle("/{type:Binary}/{id}/_history/{vid}", s.wrap(s.vread)).Methods(http.MethodGet, http.MethodHead).Name("vread")
 		f.Handle("/{type:Binary}/{id}", s.wrap(s.updateBinary)).Methods(http.MethodPut).Name("update")
 		f.Handle("/{type:Binary}", s.wrap(s.createBinary)).Methods(http.MethodPost).Name("create")
 	}

@@ -5,7 +5,6 @@ package faults
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"github.com/fhirgate/fhirgate/internal/auth"
+	"github.com/fhirgate/fhirgate/internal/chaintest"
 )
 
 // fhirgateBin is a copy of $FHIRGATE_BIN (default bin/fhirgate), made
@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 func run(m *testing.M) int {
 	src := os.Getenv("FHIRGATE_BIN")
 	if src == "" {
-		root, err := repoRoot()
+		root, err := chaintest.RepoRoot()
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "faults:", err)
 			return 1
@@ -69,25 +69,6 @@ func copyFile(src, dst string) error {
 		return err
 	}
 	return out.Close()
-}
-
-// repoRoot is the first directory above the working directory holding
-// go.mod.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("go.mod not found above the working directory")
-		}
-		dir = parent
-	}
 }
 
 // need skips the test when a program it needs is missing, or fails it

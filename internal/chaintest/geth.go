@@ -160,7 +160,7 @@ func FindGeth() (string, error) {
 		}
 		return p, nil
 	}
-	if root, err := repoRoot(); err == nil {
+	if root, err := RepoRoot(); err == nil {
 		p := filepath.Join(root, "bin", "geth")
 		if executable(p) == nil {
 			return p, nil
@@ -173,7 +173,9 @@ func FindGeth() (string, error) {
 	return p, nil
 }
 
-func repoRoot() (string, error) {
+// RepoRoot is the first directory above the working directory (a
+// package's, under go test) holding go.mod.
+func RepoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
